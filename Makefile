@@ -1,0 +1,23 @@
+# Quick start: `make dev` serves Grace; `make test` runs the whole suite. Both install first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test install bench
+
+dev: install
+	$(BIN)/grace dev
+
+test: install
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+bench: install
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/freshness.py

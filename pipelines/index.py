@@ -1,0 +1,106 @@
+"""vector_index: one Annoy index per shard, rebuilt from the store and swapped in atomically."""
+
+import time
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    DefaultScheduleStatus,
+    JobDefinition,
+    RunRequest,
+    ScheduleDefinition,
+    MaterializeResult,
+    PartitionsDefinition,
+    asset,
+    schedule,
+)
+
+from grace.manifest import Manifest
+from resources.embedder import EmbedderResource
+from resources.search import shard_view
+from resources.store import StoreResource
+from resources.vector_index import VectorIndexResource
+
+COVERAGE_CHECK = "index_covers_every_embedding"
+
+
+def rebuild_tags(shard: int, reason: str) -> dict[str, str]:
+    return {"grace/origin": "index", "grace/shard": str(shard), "grace/rebuild_reason": reason}
+
+
+def build_index_asset(manifest: Manifest, shards: PartitionsDefinition, embeddings_asset: AssetsDefinition) -> AssetsDefinition:
+    @asset(
+        partitions_def=shards,
+        deps=[embeddings_asset],
+        group_name="index",
+        kinds={"annoy"},
+        check_specs=[
+            AssetCheckSpec(
+                COVERAGE_CHECK,
+                asset="vector_index",
+                description="Right after a rebuild, every searchable embedding of the shard is in its index.",
+            )
+        ],
+        description=f"Annoy index per shard ({manifest.index.trees} trees), built into a new "
+        "file and swapped in atomically; searches scan newer embeddings exactly until the next build.",
+    )
+    def vector_index(
+        context: AssetExecutionContext,
+        store: StoreResource,
+        embedder: EmbedderResource,
+        vector_index: VectorIndexResource,
+    ) -> MaterializeResult:
+        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        shard = int(context.partition_key)
+        started = time.perf_counter()
+        chunk_ids, vectors = grace_store.vectors_of(grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
+        built = index.build(shard, chunk_ids, vectors, model_id)
+        seconds = time.perf_counter() - started
+        view = shard_view(grace_store, index, shard, model_id)
+        coverage = view.indexed / len(view.searchable) if len(view.searchable) else 1.0
+        counts = {
+            "total_embeddings": len(view.searchable),
+            "indexed_embeddings": view.indexed,
+            "pending": len(view.pending),
+            "tombstoned": len(view.tombstoned),
+            "index_coverage": coverage,
+        }
+        context.log.info(f"shard {shard}: built version {built.version} with {built.items} vectors in {seconds:.2f}s")
+        return MaterializeResult(
+            metadata={**counts, "version": built.version, "items": built.items, "build_seconds": round(seconds, 3)},
+            check_results=[
+                AssetCheckResult(
+                    check_name=COVERAGE_CHECK,
+                    passed=coverage == 1.0,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata=counts,
+                )
+            ],
+        )
+
+    return vector_index
+
+
+def build_rebuild_schedule(manifest: Manifest, rebuild_job: JobDefinition) -> ScheduleDefinition:
+    @schedule(
+        name="rebuild_every_shard",
+        job=rebuild_job,
+        cron_schedule=manifest.index.rebuild.cron,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Rebuilds every shard's index on the manifest's cron, whatever its staleness.",
+    )
+    def rebuild_every_shard(context):
+        return [
+            RunRequest(
+                run_key=f"{context.scheduled_execution_time.isoformat()}:{shard}",
+                partition_key=str(shard),
+                tags=rebuild_tags(shard, "schedule"),
+            )
+            for shard in range(manifest.index.shards)
+        ]
+
+    return rebuild_every_shard

@@ -1,0 +1,149 @@
+"""documents -> chunks -> embeddings, per shard. Each step does whatever its shard has pending,
+so runs that repeat or overlap converge, and a killed run is finished by the next one."""
+
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    PartitionsDefinition,
+    asset,
+)
+
+from grace.manifest import Manifest
+from pipelines.chunking import Chunker
+from pipelines.reading import read_document
+from resources.embedder import EmbedderResource
+from resources.schema import NewChunk
+from resources.store import StoreResource
+
+EMBED_GROUP = 256  # chunks encoded and committed together: a kill loses at most this much work
+LISTED = 20  # how many paths metadata lists before it only counts
+
+
+@functools.cache
+def shared_chunker(tokenizer_file: Path, max_tokens: int, overlap_tokens: int) -> Chunker:
+    return Chunker(tokenizer_file, max_tokens, overlap_tokens)
+
+
+def build_ingest_assets(
+    manifest: Manifest, shards: PartitionsDefinition, source_keys: Sequence[AssetKey]
+) -> list[AssetsDefinition]:
+    sources = {source.name: source for source in manifest.sources}
+    shard_count = manifest.index.shards
+
+    @asset(
+        partitions_def=shards,
+        deps=list(source_keys),
+        group_name="ingest",
+        kinds={"python"},
+        description="Files read into text. Binary, non-UTF-8, empty or oversized files are "
+        "quarantined with a reason; deleted files are removed.",
+    )
+    def documents(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+        grace_store = store.get()
+        shard = int(context.partition_key)
+        active, quarantined, removed, vanished = [], [], [], []
+        for row in grace_store.unprocessed_documents(shard, shard_count):
+            if row.status == "deleted":
+                grace_store.purge_document(row.id)
+                removed.append(row.path)
+                continue
+            source = sources.get(row.source)
+            if source is None:
+                context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
+                continue
+            result = read_document(source.path / row.path, int(source.max_bytes))
+            if result is None:
+                vanished.append(row.path)  # the next sensor tick records the deletion
+            elif result.problem:
+                grace_store.quarantine_document(row.id, result.content_hash, result.problem)
+                context.log.warning(f"quarantined {source.path / row.path}: {result.problem}")
+                quarantined.append(f"{row.path}: {result.problem}")
+            else:
+                grace_store.set_document_text(row.id, result.content_hash, result.text)
+                active.append(row.path)
+        return MaterializeResult(
+            metadata={
+                "read": len(active),
+                "quarantined": len(quarantined),
+                "removed": len(removed),
+                "vanished_before_read": len(vanished),
+                "quarantine_reasons": MetadataValue.md(_bullets(quarantined)),
+                "read_paths": MetadataValue.md(_bullets(active)),
+            }
+        )
+
+    @asset(
+        partitions_def=shards,
+        deps=[documents],
+        group_name="ingest",
+        kinds={"python"},
+        description=f"Token-aware chunks of at most {manifest.chunking.max_tokens} model tokens "
+        f"(special tokens included), {manifest.chunking.overlap_tokens} tokens of overlap.",
+    )
+    def chunks(context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource) -> MaterializeResult:
+        grace_store = store.get()
+        chunker = shared_chunker(
+            embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens
+        )
+        shard = int(context.partition_key)
+        rechunked, inserted, largest = 0, 0, 0
+        for document_id, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
+            pieces = chunker.split(text)
+            largest = max([largest] + [piece.token_count for piece in pieces])
+            inserted += grace_store.replace_chunks(
+                document_id,
+                [NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)],
+                chunker.settings_key,
+            )
+            rechunked += 1
+        return MaterializeResult(
+            metadata={
+                "documents_chunked": rechunked,
+                "chunks_inserted": inserted,
+                "largest_chunk_tokens": largest,
+                "max_tokens": manifest.chunking.max_tokens,
+            }
+        )
+
+    @asset(
+        partitions_def=shards,
+        deps=[chunks],
+        group_name="ingest",
+        kinds={"pytorch"},
+        description=f"One vector per distinct chunk text, from {manifest.embedding.model}; "
+        "cached by (model, chunk hash), so unchanged text is never embedded twice.",
+    )
+    def embeddings(context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource) -> MaterializeResult:
+        grace_store, model = store.get(), embedder.get()
+        shard = int(context.partition_key)
+        todo = grace_store.chunks_to_embed(shard, shard_count, model.model_id)
+        started = time.perf_counter()
+        for first in range(0, len(todo), EMBED_GROUP):
+            group = todo[first : first + EMBED_GROUP]
+            vectors = model.encode([text for _hash, text in group])
+            grace_store.save_embeddings(model.model_id, [chunk_hash for chunk_hash, _text in group], vectors)
+        seconds = time.perf_counter() - started
+        return MaterializeResult(
+            metadata={
+                "embedded": len(todo),
+                "seconds": round(seconds, 3),
+                "chunks_per_second": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
+                "model_id": model.model_id,
+            }
+        )
+
+    return [documents, chunks, embeddings]
+
+
+def _bullets(lines: list[str]) -> str:
+    shown = "\n".join(f"- {line}" for line in lines[:LISTED])
+    extra = len(lines) - LISTED
+    return shown + (f"\n- … and {extra} more" if extra > 0 else "") if lines else "(none)"

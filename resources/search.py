@@ -1,0 +1,141 @@
+"""Semantic search over every shard, and index stats computed from the store and index files."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from resources.embedder import Embedder
+from resources.store import Store
+from resources.vector_index import LoadedIndex, ShardedIndex
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    source: str
+    path: str
+    chunk: int
+    text: str
+    chunk_id: int
+
+
+@dataclass(frozen=True)
+class ShardView:
+    """What a shard holds right now: searchable ids, the usable index, and what it lacks."""
+
+    shard: int
+    searchable: np.ndarray  # chunk ids with an embedding, of active documents
+    index: LoadedIndex | None  # None if missing or built with another model
+    pending: np.ndarray  # searchable but not in the index
+    tombstoned: np.ndarray  # in the index but no longer searchable
+
+    @property
+    def indexed(self) -> int:
+        return len(self.searchable) - len(self.pending)
+
+
+def shard_view(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardView:
+    searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
+    loaded = index.load(shard)
+    if loaded is not None and loaded.meta.model_id != model_id:
+        loaded = None
+    in_index = loaded.chunk_ids if loaded is not None else np.empty(0, dtype=np.int64)
+    return ShardView(
+        shard=shard,
+        searchable=searchable,
+        index=loaded,
+        pending=np.setdiff1d(searchable, in_index, assume_unique=True),
+        tombstoned=np.setdiff1d(in_index, searchable, assume_unique=True),
+    )
+
+
+class Searcher:
+    """Encodes a query, asks every shard's index and scans its pending vectors exactly."""
+
+    def __init__(self, store: Store, index: ShardedIndex, embedder: Embedder):
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+
+    def search(self, query: str, k: int = 10) -> list[SearchHit]:
+        if not query.strip():
+            raise ValueError("the query is empty; pass some words to search for")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        vector = self.embedder.encode([query])[0]
+        return self.search_vector(vector, k)
+
+    def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+        ids, scores = [], []
+        for shard in range(self.index.shards):
+            shard_ids, shard_scores = self._shard_candidates(shard, vector, k)
+            ids.append(shard_ids)
+            scores.append(shard_scores)
+        all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
+        best = np.argsort(-all_scores, kind="stable")[:k]
+        hits = self.store.chunk_hits([int(chunk_id) for chunk_id in all_ids[best]])
+        results = []
+        for position in best:
+            hit = hits.get(int(all_ids[position]))
+            if hit is not None:  # removed between the id lookup and now
+                results.append(
+                    SearchHit(float(all_scores[position]), hit.source, hit.path, hit.ordinal, hit.text, hit.chunk_id)
+                )
+        return results
+
+    def _shard_candidates(self, shard: int, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        view = shard_view(self.store, self.index, shard, self.embedder.model_id)
+        ids, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        if view.index is not None:
+            ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k)
+            alive = np.isin(ids, view.searchable)
+            ids, scores = ids[alive], scores[alive]
+        if len(view.pending):
+            pending_ids, vectors = self.store.vectors_of(view.pending, self.embedder.model_id)
+            ids = np.concatenate([ids, pending_ids])
+            scores = np.concatenate([scores, vectors @ vector.astype(np.float32)])
+        return ids, scores.astype(np.float32)
+
+
+def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
+    """Per-shard and total counts; every number is recomputed from the tables and index files."""
+    shards = []
+    for shard in range(index.shards):
+        view = shard_view(store, index, shard, model_id)
+        counts = store.shard_counts(shard, index.shards)
+        shards.append(
+            {
+                "shard": shard,
+                "total_embeddings": len(view.searchable),
+                "indexed_embeddings": view.indexed,
+                "pending": len(view.pending),
+                "tombstoned": len(view.tombstoned),
+                "index_coverage": _coverage(view.indexed, len(view.searchable)),
+                "index_version": view.index.meta.version if view.index else None,
+                **counts,
+            }
+        )
+    summed_keys = [key for key, value in shards[0].items() if isinstance(value, int) and key != "shard"]
+    total = {key: sum(row[key] for row in shards) for key in summed_keys}
+    total["index_coverage"] = _coverage(total["indexed_embeddings"], total["total_embeddings"])
+    total["stale_fraction"] = stale_fraction(total)
+    for row in shards:
+        row["stale_fraction"] = stale_fraction(row)
+    return {"model_id": model_id, "shards": shards, "total": total}
+
+
+def stale_fraction(counts: dict) -> float:
+    """Share of a shard's vectors that the index gets wrong: pending plus tombstoned."""
+    wrong = counts["pending"] + counts["tombstoned"]
+    base = counts["total_embeddings"] + counts["tombstoned"]
+    return wrong / base if base else 0.0
+
+
+def _coverage(indexed: int, total: int) -> float:
+    return indexed / total if total else 1.0
+
+
+def hit_dict(hit: SearchHit) -> dict:
+    return asdict(hit)

@@ -1,0 +1,381 @@
+"""The Grace store: documents, chunks and embeddings in SQLite or PostgreSQL, one SQLAlchemy code path."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from dagster import ConfigurableResource
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from resources.schema import (
+    ChunkHit,
+    DocumentRow,
+    NewChunk,
+    ObservedFile,
+    PendingChange,
+    batches,
+    changes,
+    chunked_key,
+    chunks,
+    documents,
+    embeddings,
+    make_engine,
+    metadata,
+    new_document_id,
+    purge_document,
+    record_change,
+    shard_key_of,
+    utc_now,
+)
+
+
+class Store:
+    """All of Grace's durable state behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- documents, as the sensor sees them ---------------------------------------------
+
+    def documents_of(self, source: str) -> dict[str, DocumentRow]:
+        """Every known document of a source that still exists on disk, by path."""
+        query = select(
+            documents.c.id, documents.c.source, documents.c.path, documents.c.size,
+            documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
+        ).where(documents.c.source == source, documents.c.status != "deleted")
+        with self.engine.connect() as connection:
+            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
+
+    def record_scan(
+        self,
+        source: str,
+        changed: Sequence[ObservedFile],
+        touched: Sequence[ObservedFile],
+        moved: Sequence[tuple[str, str]],
+        deleted: Sequence[str],
+    ) -> int:
+        """Apply what a scan found in one transaction; return the number of change events.
+
+        changed: new or different content. touched: same content, new size/mtime.
+        moved: (old path, new path) with identical content. deleted: paths gone from disk.
+        """
+        now = utc_now()
+        events = 0
+        with self.engine.begin() as connection:
+            by_path = {
+                row.path: row
+                for row in connection.execute(
+                    select(documents.c.id, documents.c.path, documents.c.status).where(
+                        documents.c.source == source
+                    )
+                )
+            }
+            for old_path, new_path in moved:
+                stale = by_path.get(new_path)
+                if stale is not None:
+                    purge_document(connection, stale.id)
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.source == source, documents.c.path == old_path)
+                    .values(path=new_path, updated_at=now)
+                )
+            for observed in touched:
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.source == source, documents.c.path == observed.path)
+                    .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
+                )
+            for path in deleted:
+                row = by_path[path]
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.id == row.id)
+                    .values(status="deleted", updated_at=now)
+                )
+                events += record_change(connection, source, row.id, 0, now)
+            taken = {row.id for row in by_path.values()}
+            for observed in changed:
+                row = by_path.get(observed.path)
+                values = dict(
+                    size=observed.size, mtime_ns=observed.mtime_ns, disk_hash=observed.disk_hash,
+                    updated_at=now,
+                )
+                if row is None:
+                    document_id = new_document_id(source, observed.path, taken)
+                    taken.add(document_id)
+                    connection.execute(
+                        insert(documents).values(
+                            id=document_id, source=source, path=observed.path,
+                            shard_key=shard_key_of(document_id), status="pending", **values,
+                        )
+                    )
+                else:
+                    document_id = row.id
+                    if row.status == "deleted":
+                        values["status"] = "pending"
+                    connection.execute(
+                        update(documents).where(documents.c.id == document_id).values(**values)
+                    )
+                events += record_change(connection, source, document_id, observed.size, now)
+        return events
+
+    def pending_changes(self, source: str, after_change_id: int, shards: int) -> PendingChange:
+        """Changes of a source newer than a sensor cursor, summed by shard."""
+        query = (
+            select(changes.c.id, changes.c.size, documents.c.shard_key)
+            .join(documents, documents.c.id == changes.c.document_id)
+            .where(changes.c.source == source, changes.c.id > after_change_id)
+        )
+        last, by_shard = after_change_id, {}
+        with self.engine.connect() as connection:
+            for change_id, size, shard_key in connection.execute(query):
+                last = max(last, change_id)
+                shard = shard_key % shards
+                by_shard[shard] = by_shard.get(shard, 0) + size
+        return PendingChange(last, by_shard)
+
+    def forget_changes(self, source: str, up_to_change_id: int) -> None:
+        """Drop change events a sensor has turned into run requests."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                delete(changes).where(changes.c.source == source, changes.c.id <= up_to_change_id)
+            )
+
+    # --- documents, as the documents asset processes them --------------------------------
+
+    def unprocessed_documents(self, shard: int, shards: int) -> list[DocumentRow]:
+        """Documents of a shard whose disk state is newer than what was processed."""
+        query = select(
+            documents.c.id, documents.c.source, documents.c.path, documents.c.size,
+            documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
+        ).where(
+            documents.c.shard_key % shards == shard,
+            (documents.c.status.in_(["pending", "deleted"]))
+            | (documents.c.processed_hash.is_(None))
+            | (documents.c.processed_hash != documents.c.disk_hash),
+        )
+        with self.engine.connect() as connection:
+            return [DocumentRow(*row) for row in connection.execute(query)]
+
+    def set_document_text(self, document_id: str, read_hash: str, text: str) -> None:
+        self._set_processed(document_id, read_hash, status="active", reason=None, text=text)
+
+    def quarantine_document(self, document_id: str, read_hash: str, reason: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
+        self._set_processed(
+            document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_key=None
+        )
+
+    def purge_document(self, document_id: str) -> None:
+        """Remove a deleted document and its chunks; its vectors become tombstones."""
+        with self.engine.begin() as connection:
+            purge_document(connection, document_id)
+
+    def _set_processed(self, document_id: str, read_hash: str, **values: object) -> None:
+        # A deletion the sensor recorded while the file was being read wins.
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(documents)
+                .where(documents.c.id == document_id, documents.c.status != "deleted")
+                .values(processed_hash=read_hash, updated_at=utc_now(), **values)
+            )
+
+    # --- chunks -------------------------------------------------------------------------
+
+    def documents_to_chunk(self, shard: int, shards: int, settings_key: str) -> list[tuple[str, str]]:
+        """(document id, text) of active documents whose chunks are out of date."""
+        query = select(
+            documents.c.id, documents.c.processed_hash, documents.c.chunked_key, documents.c.text
+        ).where(documents.c.shard_key % shards == shard, documents.c.status == "active")
+        with self.engine.connect() as connection:
+            stale = [
+                (document_id, text)
+                for document_id, processed_hash, current_key, text in connection.execute(query)
+                if chunked_key(processed_hash, settings_key) != current_key
+            ]
+        return sorted(stale)
+
+    def replace_chunks(self, document_id: str, new_chunks: Sequence[NewChunk], settings_key: str) -> int:
+        """Make a document's chunks exactly new_chunks, keeping rows whose text is unchanged.
+
+        Returns how many chunk rows were inserted. Kept rows keep their ids, so their
+        vectors stay valid in the built index.
+        """
+        with self.engine.begin() as connection:
+            processed_hash = connection.execute(
+                select(documents.c.processed_hash).where(documents.c.id == document_id)
+            ).scalar_one()
+            existing: dict[str, list[int]] = {}
+            for chunk_id, chunk_hash in connection.execute(
+                select(chunks.c.id, chunks.c.chunk_hash)
+                .where(chunks.c.document_id == document_id)
+                .order_by(chunks.c.id)
+            ):
+                existing.setdefault(chunk_hash, []).append(chunk_id)
+            inserted = []
+            for chunk in new_chunks:
+                reusable = existing.get(chunk.chunk_hash)
+                if reusable:
+                    connection.execute(
+                        update(chunks).where(chunks.c.id == reusable.pop(0)).values(ordinal=chunk.ordinal)
+                    )
+                else:
+                    inserted.append(
+                        dict(
+                            document_id=document_id, ordinal=chunk.ordinal, chunk_hash=chunk.chunk_hash,
+                            text=chunk.text, token_count=chunk.token_count,
+                        )
+                    )
+            leftover = [chunk_id for ids in existing.values() for chunk_id in ids]
+            if leftover:
+                connection.execute(delete(chunks).where(chunks.c.id.in_(leftover)))
+            if inserted:
+                connection.execute(insert(chunks), inserted)
+            connection.execute(
+                update(documents)
+                .where(documents.c.id == document_id)
+                .values(chunked_key=chunked_key(processed_hash, settings_key))
+            )
+        return len(inserted)
+
+    # --- embeddings ---------------------------------------------------------------------
+
+    def chunks_to_embed(self, shard: int, shards: int, model_id: str) -> list[tuple[str, str]]:
+        """(chunk hash, text) of a shard's active chunks that have no embedding yet, unique by hash."""
+        embedded = select(embeddings.c.chunk_hash).where(
+            embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash
+        )
+        query = (
+            select(chunks.c.chunk_hash, func.min(chunks.c.text))
+            .join(documents, documents.c.id == chunks.c.document_id)
+            .where(
+                documents.c.shard_key % shards == shard,
+                documents.c.status == "active",
+                ~embedded.exists(),
+            )
+            .group_by(chunks.c.chunk_hash)
+            .order_by(chunks.c.chunk_hash)
+        )
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(query)]
+
+    def save_embeddings(self, model_id: str, chunk_hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors; a hash stored meanwhile by another run is left as it is."""
+        now = utc_now()
+        rows = [
+            dict(model_id=model_id, chunk_hash=chunk_hash, vector=vector.astype(np.float32).tobytes(), created_at=now)
+            for chunk_hash, vector in zip(chunk_hashes, vectors)
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as connection:
+            dialect = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+            connection.execute(dialect(embeddings).on_conflict_do_nothing(), rows)
+
+    def embedded_chunk_ids(self, shard: int, shards: int, model_id: str) -> np.ndarray:
+        """Sorted ids of the shard's searchable chunks: active documents, embedding present."""
+        query = (
+            select(chunks.c.id)
+            .join(documents, documents.c.id == chunks.c.document_id)
+            .join(embeddings, (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id))
+            .where(documents.c.shard_key % shards == shard, documents.c.status == "active")
+            .order_by(chunks.c.id)
+        )
+        with self.engine.connect() as connection:
+            return np.fromiter(connection.execute(query).scalars(), dtype=np.int64)
+
+    def vectors_of(self, chunk_ids: Iterable[int], model_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, vectors) for the given chunks that have an embedding, in id order."""
+        wanted = [int(chunk_id) for chunk_id in chunk_ids]
+        found_ids, found_vectors = [], []
+        with self.engine.connect() as connection:
+            for batch in batches(wanted, 5000):
+                query = (
+                    select(chunks.c.id, embeddings.c.vector)
+                    .join(embeddings, (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id))
+                    .where(chunks.c.id.in_(batch))
+                    .order_by(chunks.c.id)
+                )
+                for chunk_id, blob in connection.execute(query):
+                    found_ids.append(chunk_id)
+                    found_vectors.append(np.frombuffer(blob, dtype=np.float32))
+        if not found_ids:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        order = np.argsort(found_ids, kind="stable")
+        return np.asarray(found_ids, dtype=np.int64)[order], np.vstack(found_vectors)[order]
+
+    def chunk_hits(self, chunk_ids: Sequence[int]) -> dict[int, ChunkHit]:
+        """Path and text for chunks, by id; ids of removed chunks are simply absent."""
+        if not chunk_ids:
+            return {}
+        query = (
+            select(
+                chunks.c.id, chunks.c.document_id, documents.c.source, documents.c.path,
+                chunks.c.ordinal, chunks.c.text,
+            )
+            .join(documents, documents.c.id == chunks.c.document_id)
+            .where(chunks.c.id.in_([int(chunk_id) for chunk_id in chunk_ids]), documents.c.status == "active")
+        )
+        with self.engine.connect() as connection:
+            return {row.id: ChunkHit(*row) for row in connection.execute(query)}
+
+    # --- stats --------------------------------------------------------------------------
+
+    def shard_counts(self, shard: int, shards: int) -> dict[str, int]:
+        """Document and chunk counts of one shard, straight from the tables."""
+        in_shard = documents.c.shard_key % shards == shard
+        with self.engine.connect() as connection:
+            by_status = dict(
+                connection.execute(
+                    select(documents.c.status, func.count()).where(in_shard).group_by(documents.c.status)
+                ).all()
+            )
+            active_chunks = connection.execute(
+                select(func.count())
+                .select_from(chunks.join(documents, documents.c.id == chunks.c.document_id))
+                .where(in_shard, documents.c.status == "active")
+            ).scalar_one()
+        return {
+            "documents_active": by_status.get("active", 0),
+            "documents_pending": by_status.get("pending", 0),
+            "documents_quarantined": by_status.get("quarantined", 0),
+            "documents_deleted": by_status.get("deleted", 0),
+            "chunks": active_chunks,
+        }
+
+    def quarantined(self, source: str | None = None) -> list[tuple[str, str, str]]:
+        """(source, path, reason) of every quarantined document."""
+        query = select(documents.c.source, documents.c.path, documents.c.reason).where(
+            documents.c.status == "quarantined"
+        )
+        if source is not None:
+            query = query.where(documents.c.source == source)
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(query.order_by(documents.c.path))]
+
+
+
+
+@functools.cache
+def shared_store(url: str) -> Store:
+    """One Store (and connection pool) per process and URL."""
+    return Store(url)
+
+
+class StoreResource(ConfigurableResource):
+    """Dagster face of Store."""
+
+    url: str
+
+    def get(self) -> Store:
+        return shared_store(self.url)

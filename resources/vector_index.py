@@ -1,0 +1,188 @@
+"""Sharded Annoy indexes, each rebuilt into new files and swapped in atomically."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex
+from dagster import ConfigurableResource
+
+POINTER = "current.json"
+KEEP_VERSIONS = 2  # the current one, and the one a reader may still be opening
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    """What current.json says: one immutable built index of a shard."""
+
+    version: str
+    model_id: str
+    dimension: int
+    items: int
+    index_file: str
+    ids_file: str
+    index_sha256: str
+    built_at: float
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    meta: IndexVersion
+    annoy: AnnoyIndex | None  # None for an empty shard
+    chunk_ids: np.ndarray  # position in the index -> chunk id
+
+    def nearest(self, query: np.ndarray, count: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, cosine similarities) of the count nearest items, best first."""
+        if self.annoy is None or count <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        positions, distances = self.annoy.get_nns_by_vector(
+            query.tolist(), count, search_k=search_k, include_distances=True
+        )
+        # Annoy's angular distance is sqrt(2 - 2 cos).
+        similarity = 1.0 - np.square(np.asarray(distances, dtype=np.float32)) / 2.0
+        return self.chunk_ids[np.asarray(positions, dtype=np.int64)], similarity
+
+
+class IndexCorrupt(RuntimeError):
+    """A shard's files do not match what its pointer promises."""
+
+
+class ShardedIndex:
+    """One folder per shard under root/<shards>-shards/, each with a current.json pointer."""
+
+    def __init__(self, root: Path, shards: int, trees: int = 50, search_k: int = 25000):
+        self.root = Path(root) / f"{shards}-shards"
+        self.shards = shards
+        self.trees = trees
+        self.search_k = search_k
+
+    def shard_dir(self, shard: int) -> Path:
+        return self.root / f"shard-{shard:03d}"
+
+    def current(self, shard: int) -> IndexVersion | None:
+        try:
+            return IndexVersion(**json.loads((self.shard_dir(shard) / POINTER).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def build(self, shard: int, chunk_ids: np.ndarray, vectors: np.ndarray, model_id: str) -> IndexVersion:
+        """Build a new index version from scratch and make it current in one rename."""
+        folder = self.shard_dir(shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        version = f"{time.time_ns():020d}"
+        index_file, ids_file = f"v{version}.ann", f"v{version}.ids.npy"
+        dimension = int(vectors.shape[1]) if len(chunk_ids) else 0
+        digest = ""
+        if len(chunk_ids):
+            annoy = AnnoyIndex(dimension, "angular")
+            for position, vector in enumerate(vectors):
+                annoy.add_item(position, vector.tolist())
+            annoy.build(self.trees, n_jobs=1)
+            _write_atomically(folder / index_file, lambda tmp: annoy.save(str(tmp)))
+            annoy.unload()
+            digest = file_sha256(folder / index_file)
+        _write_atomically(folder / ids_file, lambda tmp: _save_ids(tmp, chunk_ids))
+        meta = IndexVersion(
+            version=version, model_id=model_id, dimension=dimension, items=int(len(chunk_ids)),
+            index_file=index_file, ids_file=ids_file, index_sha256=digest, built_at=time.time(),
+        )
+        _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
+        self._remove_old_versions(folder)
+        return meta
+
+    def load(self, shard: int) -> LoadedIndex | None:
+        """The current index of a shard (memory-mapped), or None if none was built."""
+        for _attempt in range(3):
+            meta = self.current(shard)
+            if meta is None:
+                return None
+            try:
+                return _load_version(str(self.shard_dir(shard)), meta)
+            except FileNotFoundError:
+                continue  # swapped and cleaned up between reading the pointer and opening
+        raise IndexCorrupt(f"shard {shard}: files named by {self.shard_dir(shard) / POINTER} are missing")
+
+    def verify(self, shard: int) -> LoadedIndex | None:
+        """Like load, but also prove the files are the ones that were built (checksum, sizes)."""
+        meta = self.current(shard)
+        if meta is None:
+            return None
+        folder = self.shard_dir(shard)
+        try:
+            if meta.items and file_sha256(folder / meta.index_file) != meta.index_sha256:
+                raise IndexCorrupt(f"shard {shard}: {meta.index_file} does not match its checksum")
+            loaded = _load_version.__wrapped__(str(folder), meta)
+        except (FileNotFoundError, OSError, ValueError) as error:
+            raise IndexCorrupt(f"shard {shard}: {error}") from error
+        if len(loaded.chunk_ids) != meta.items or (loaded.annoy and loaded.annoy.get_n_items() != meta.items):
+            raise IndexCorrupt(f"shard {shard}: index holds a different number of items than recorded")
+        return loaded
+
+    def _remove_old_versions(self, folder: Path) -> None:
+        versions = sorted({path.name.split(".")[0] for path in folder.glob("v*.ids.npy")})
+        for stale in versions[:-KEEP_VERSIONS]:
+            for path in folder.glob(f"{stale}.*"):
+                path.unlink(missing_ok=True)
+        for leftover in folder.glob("*.tmp*"):
+            if time.time() - leftover.stat().st_mtime > 3600:
+                leftover.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_version(folder: str, meta: IndexVersion) -> LoadedIndex:
+    # Versions are immutable, so a loaded one is cached for the life of the process.
+    chunk_ids = np.load(Path(folder) / meta.ids_file)
+    annoy = None
+    if meta.items:
+        annoy = AnnoyIndex(meta.dimension, "angular")
+        path = Path(folder) / meta.index_file
+        if not path.exists():
+            raise FileNotFoundError(path)
+        annoy.load(str(path))
+    return LoadedIndex(meta, annoy, chunk_ids)
+
+
+def _save_ids(path: Path, chunk_ids: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(chunk_ids, dtype=np.int64))
+
+
+def _write_atomically(final: Path, write) -> None:
+    """Write through a temporary file, fsync, then rename: readers see old or new, never half."""
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    directory = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class VectorIndexResource(ConfigurableResource):
+    """Dagster face of ShardedIndex."""
+
+    root: str
+    shards: int = 4
+    trees: int = 50
+    search_k: int = 25000
+
+    def get(self) -> ShardedIndex:
+        return ShardedIndex(Path(self.root), self.shards, self.trees, self.search_k)

@@ -1,0 +1,61 @@
+"""Rebuild a shard's index once too much of it is stale."""
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    JobDefinition,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from grace.manifest import Manifest
+from pipelines.index import rebuild_tags
+from resources.embedder import EmbedderResource
+from resources.search import shard_view, stale_fraction
+from resources.store import StoreResource
+from resources.vector_index import VectorIndexResource
+
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+def build_freshness_sensor(manifest: Manifest, rebuild_job: JobDefinition) -> SensorDefinition:
+    threshold = manifest.index.rebuild.when_stale_fraction
+
+    @sensor(
+        name="index_freshness",
+        job=rebuild_job,
+        minimum_interval_seconds=10,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Requests a shard rebuild when pending + tombstoned vectors pass {threshold:.0%}.",
+    )
+    def index_freshness(
+        context: SensorEvaluationContext,
+        store: StoreResource,
+        embedder: EmbedderResource,
+        vector_index: VectorIndexResource,
+    ):
+        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        requests = []
+        for shard in range(index.shards):
+            view = shard_view(grace_store, index, shard, model_id)
+            counts = {"pending": len(view.pending), "tombstoned": len(view.tombstoned), "total_embeddings": len(view.searchable)}
+            fraction = stale_fraction(counts)
+            if fraction < threshold or _rebuild_in_flight(context, rebuild_job.name, shard):
+                continue
+            requests.append(
+                RunRequest(partition_key=str(shard), tags=rebuild_tags(shard, f"stale fraction {fraction:.3f}"))
+            )
+        return requests or SkipReason(f"every shard is under {threshold:.0%} stale or already rebuilding")
+
+    return index_freshness
+
+
+def _rebuild_in_flight(context: SensorEvaluationContext, job_name: str, shard: int) -> bool:
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={"grace/shard": str(shard)}), limit=1
+    )
+    return bool(runs)
