@@ -1,6 +1,21 @@
-"""The Dagster code location: everything comes from grace.yaml (GRACE_CONFIG or ./grace.yaml)."""
+"""The Dagster code location. Everything comes from grace.yaml ($GRACE_CONFIG or ./grace.yaml):
+pipelines/ gives assets, jobs and schedules, sensors/ the sensors, resources/ the services."""
 
-from grace.manifest import load_manifest
-from pipelines import build_definitions
+from dagster import Definitions, definitions
 
-defs = build_definitions(load_manifest())
+from grace.manifest import Manifest, load_manifest
+from pipelines import build_pipelines
+from resources import build_resources
+from sensors import build_sensors
+
+
+def build_definitions(manifest: Manifest) -> Definitions:
+    return Definitions.merge(
+        build_pipelines(manifest),
+        Definitions(sensors=build_sensors(manifest), resources=build_resources(manifest)),
+    )
+
+
+@definitions
+def defs() -> Definitions:
+    return build_definitions(load_manifest())

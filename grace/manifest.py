@@ -152,7 +152,9 @@ class Manifest(Section):
     """The whole of grace.yaml."""
 
     state_dir: Path = Field(
-        default=Path(".grace"), description="where SQLite files, indexes and logs live"
+        default=Path(".grace"),
+        validate_default=True,
+        description="where SQLite files, indexes and logs live",
     )
     store: str | None = Field(
         default=None,

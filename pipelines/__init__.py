@@ -1,4 +1,4 @@
-"""Everything Dagster shows is built here from the manifest alone."""
+"""Assets, jobs and schedules, built from the manifest alone."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from dagster import (
 from grace.manifest import Manifest
 from pipelines.index import build_index_asset, build_rebuild_schedule
 from pipelines.ingest import build_ingest_assets
-from resources import build_resources
-from sensors import build_sensors
+
+INGEST_JOB = "ingest"
+REBUILD_JOB = "rebuild_index"
 
 
 def shard_partitions(shards: int) -> StaticPartitionsDefinition:
@@ -37,24 +38,22 @@ def source_spec(source) -> AssetSpec:
     )
 
 
-def build_definitions(manifest: Manifest) -> Definitions:
+def build_pipelines(manifest: Manifest) -> Definitions:
     shards = shard_partitions(manifest.index.shards)
     specs = [source_spec(source) for source in manifest.sources]
     ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
     index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
     # One process per run: the model loads once, and steps skip the per-step process start.
     ingest_job = define_asset_job(
-        "ingest", selection=ingest_assets, partitions_def=shards, executor_def=in_process_executor,
+        INGEST_JOB, selection=ingest_assets, executor_def=in_process_executor,
         description="Reads, chunks and embeds whatever a shard has pending.",
     )
     rebuild_job = define_asset_job(
-        "rebuild_index", selection=[index_asset], partitions_def=shards, executor_def=in_process_executor,
+        REBUILD_JOB, selection=[index_asset], executor_def=in_process_executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
     return Definitions(
         assets=[*specs, *ingest_assets, index_asset],
         jobs=[ingest_job, rebuild_job],
-        sensors=build_sensors(manifest, ingest_job, rebuild_job),
         schedules=[build_rebuild_schedule(manifest, rebuild_job)],
-        resources=build_resources(manifest),
     )

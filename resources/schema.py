@@ -59,6 +59,8 @@ chunks = Table(
     Column("chunk_hash", String(64), nullable=False, index=True),
     Column("text", Text, nullable=False),
     Column("token_count", Integer, nullable=False),
+    # Ids are never reused: a built index may still name a deleted chunk's id.
+    sqlite_autoincrement=True,
 )
 
 embeddings = Table(
@@ -78,6 +80,8 @@ changes = Table(
     Column("document_id", String(32), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
+    # Ids are never reused: sensor cursors compare against them.
+    sqlite_autoincrement=True,
 )
 Index("ix_changes_source_id", changes.c.source, changes.c.id)
 

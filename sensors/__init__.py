@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dagster import JobDefinition, SensorDefinition
+from dagster import SensorDefinition
 
 from grace.manifest import Manifest
 from sensors.folder import build_folder_sensor
 from sensors.index_freshness import build_freshness_sensor
 
 
-def build_sensors(manifest: Manifest, ingest_job: JobDefinition, rebuild_job: JobDefinition) -> list[SensorDefinition]:
-    folder_sensors = [build_folder_sensor(source, ingest_job, manifest.index.shards) for source in manifest.sources]
-    return [*folder_sensors, build_freshness_sensor(manifest, rebuild_job)]
+def build_sensors(manifest: Manifest) -> list[SensorDefinition]:
+    folder_sensors = [build_folder_sensor(source, manifest.index.shards) for source in manifest.sources]
+    return [*folder_sensors, build_freshness_sensor(manifest)]

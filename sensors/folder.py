@@ -2,7 +2,6 @@
 
 from dagster import (
     DefaultSensorStatus,
-    JobDefinition,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -11,6 +10,7 @@ from dagster import (
 )
 
 from grace.manifest import SourceConfig
+from pipelines import INGEST_JOB
 from resources.store import StoreResource
 from sensors.scan import scan_source
 
@@ -27,7 +27,7 @@ def ingest_tags(source: SourceConfig, shard: int, data_size_bytes: int) -> dict[
     }
 
 
-def build_folder_sensor(source: SourceConfig, ingest_job: JobDefinition, shards: int) -> SensorDefinition:
+def build_folder_sensor(source: SourceConfig, shards: int) -> SensorDefinition:
     """Scan the folder, record changes, and request one ingest run per shard that changed.
 
     The cursor is the id of the last change event turned into a run request; events stay
@@ -37,7 +37,7 @@ def build_folder_sensor(source: SourceConfig, ingest_job: JobDefinition, shards:
 
     @sensor(
         name=f"watch_{source.name}",
-        job=ingest_job,
+        job_name=INGEST_JOB,
         minimum_interval_seconds=TICK_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Watches {source.path} ({', '.join(source.patterns)}) for source '{source.name}'.",

@@ -3,7 +3,6 @@
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
-    JobDefinition,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -13,6 +12,7 @@ from dagster import (
 )
 
 from grace.manifest import Manifest
+from pipelines import REBUILD_JOB
 from pipelines.index import rebuild_tags
 from resources.embedder import EmbedderResource
 from resources.search import shard_view, stale_fraction
@@ -22,12 +22,12 @@ from resources.vector_index import VectorIndexResource
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
-def build_freshness_sensor(manifest: Manifest, rebuild_job: JobDefinition) -> SensorDefinition:
+def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     threshold = manifest.index.rebuild.when_stale_fraction
 
     @sensor(
         name="index_freshness",
-        job=rebuild_job,
+        job_name=REBUILD_JOB,
         minimum_interval_seconds=10,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Requests a shard rebuild when pending + tombstoned vectors pass {threshold:.0%}.",
@@ -44,7 +44,7 @@ def build_freshness_sensor(manifest: Manifest, rebuild_job: JobDefinition) -> Se
             view = shard_view(grace_store, index, shard, model_id)
             counts = {"pending": len(view.pending), "tombstoned": len(view.tombstoned), "total_embeddings": len(view.searchable)}
             fraction = stale_fraction(counts)
-            if fraction < threshold or _rebuild_in_flight(context, rebuild_job.name, shard):
+            if fraction < threshold or _rebuild_in_flight(context, shard):
                 continue
             requests.append(
                 RunRequest(partition_key=str(shard), tags=rebuild_tags(shard, f"stale fraction {fraction:.3f}"))
@@ -54,8 +54,8 @@ def build_freshness_sensor(manifest: Manifest, rebuild_job: JobDefinition) -> Se
     return index_freshness
 
 
-def _rebuild_in_flight(context: SensorEvaluationContext, job_name: str, shard: int) -> bool:
+def _rebuild_in_flight(context: SensorEvaluationContext, shard: int) -> bool:
     runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={"grace/shard": str(shard)}), limit=1
+        filters=RunsFilter(job_name=REBUILD_JOB, statuses=IN_FLIGHT, tags={"grace/shard": str(shard)}), limit=1
     )
     return bool(runs)

