@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="render the Dagster instance and run `dagster dev`")
     _config_option(dev)
+    dev.add_argument("--port", type=_port, help="UI port (default: daemon.port in grace.yaml)")
     dev.set_defaults(handler=_dev)
 
     search = commands.add_parser("search", help="semantic search over everything ingested")
@@ -62,6 +63,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
+    return value
+
+
 def _validate(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.path)
     names = ", ".join(source.name for source in manifest.sources) or "none"
@@ -80,9 +88,11 @@ def _dev(args: argparse.Namespace) -> int:
     home = Path(os.environ.get("DAGSTER_HOME") or manifest.dagster_home)
     render_instance(manifest, home)
     environment = {**os.environ, **OFFLINE_ENVIRONMENT, "DAGSTER_HOME": str(home), "GRACE_CONFIG": str(manifest_path)}
-    workspace = manifest_path.parent / "workspace.yaml"
-    command = ["dagster", "dev", "-h", manifest.daemon.host, "-p", str(manifest.daemon.port), "-w", str(workspace)]
-    print(f"grace: watching {', '.join(str(s.path) for s in manifest.sources)}; UI on http://{manifest.daemon.host}:{manifest.daemon.port}")
+    port = args.port or manifest.daemon.port
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-m", "grace.definitions"]
+    watched = ", ".join(str(source.path) for source in manifest.sources) or "no folders (add sources to grace.yaml)"
+    print(f"grace: watching {watched}; UI on http://{manifest.daemon.host}:{port}", flush=True)
     # A shell that ignores SIGINT would pass that on, and dagster dev copies it to SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.chdir(manifest_path.parent)
@@ -90,14 +100,11 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _services(manifest: Manifest):
-    from resources.embedder import Embedder
-    from resources.store import Store
-    from resources.vector_index import ShardedIndex
+    """The same services the Dagster resources give the pipeline."""
+    from resources import build_resources
 
-    store = Store(manifest.store_url)
-    index = ShardedIndex(manifest.index_dir, manifest.index.shards, manifest.index.trees, manifest.index.search_k)
-    embedder = Embedder(manifest.embedding.model, manifest.embedding.device, manifest.embedding.batch_size)
-    return store, index, embedder
+    resources = build_resources(manifest)
+    return resources["store"].get(), resources["vector_index"].get(), resources["embedder"].get()
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -15,13 +15,18 @@ def instance_config(manifest: Manifest) -> dict:
     """Telemetry off; the run queue is the capacity, and each shard runs one run at a time."""
     return {
         "telemetry": {"enabled": False},
-        "concurrency": {
-            "runs": {
+        "nux": {"enabled": False},
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {
                 "max_concurrent_runs": manifest.daemon.max_concurrent_runs,
                 "tag_concurrency_limits": [
                     {"key": "grace/shard", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
                 ],
-            }
+                # The default 5 s between dequeues is most of a small file's time to searchable.
+                "dequeue_interval_seconds": 1,
+            },
         },
     }
 

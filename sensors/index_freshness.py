@@ -14,6 +14,7 @@ from dagster import (
 from grace.manifest import Manifest
 from pipelines import REBUILD_JOB
 from pipelines.index import rebuild_tags
+from sensors.folder import TICK_SECONDS
 from resources.embedder import EmbedderResource
 from resources.search import shard_view, stale_fraction
 from resources.store import StoreResource
@@ -28,7 +29,7 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     @sensor(
         name="index_freshness",
         job_name=REBUILD_JOB,
-        minimum_interval_seconds=10,
+        minimum_interval_seconds=TICK_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Requests a shard rebuild when pending + tombstoned vectors pass {threshold:.0%}.",
     )

@@ -1,0 +1,93 @@
+"""Start `grace dev` in the background and stop every process it started: for tests and benches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DevServer:
+    """`grace dev` in its own process group, with a private DAGSTER_HOME; a context manager."""
+
+    def __init__(self, manifest: Path, dagster_home: Path, port: int, log: Path):
+        self.manifest, self.home, self.port, self.log_path = manifest, dagster_home, port, log
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> DevServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 120.0) -> None:
+        environment = {**os.environ, "DAGSTER_HOME": str(self.home)}
+        grace = Path(sys.executable).with_name("grace")
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [str(grace), "dev", "--config", str(self.manifest), "--port", str(self.port)],
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() reaches every child
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"grace dev exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"grace dev did not answer on port {self.port}; see {self.log_path}")
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left of it."""
+        if self.process is None:
+            return
+        group = self.process.pid  # the session leader's pid is the group id
+        _signal_group(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + grace_seconds
+        while group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_group(group, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.log.close()
+        self.process = None
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of the group still exists."""
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

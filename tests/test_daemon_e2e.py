@@ -1,0 +1,72 @@
+"""End to end under a real `grace dev` (dagster dev: webserver + daemon) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance
+
+from grace.devserver import DevServer, free_port, group_alive
+
+DOCUMENTS = {
+    "volcano.txt": "Lava poured from the erupting volcano and ash clouds closed the airport.",
+    "notes/chess.md": "She sacrificed her queen to force checkmate in three moves.",
+    "recipe.txt": "Simmer the tomatoes with garlic and basil for a rich pasta sauce.",
+}
+
+
+def grace(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("grace")), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def wait_for(condition, timeout: float, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
+    manifest = tmp_path / "grace.yaml"
+    manifest.write_text(
+        "state_dir: state\n"
+        "sources:\n  - {name: documents, path: inbox/documents}\n"
+        "index: {shards: 2, trees: 10}\n"
+    )
+    home = tmp_path / "dagster_home"
+    inbox = tmp_path / "inbox" / "documents"
+    with DevServer(manifest, home, free_port(), tmp_path / "dagster-dev.log") as server:
+        group = server.process.pid
+        assert inbox.is_dir(), "grace dev creates the watched folder"
+        rendered = yaml.safe_load((home / "dagster.yaml").read_text())
+        assert rendered["telemetry"] == {"enabled": False}
+        for name, text in DOCUMENTS.items():
+            (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+            (inbox / name).write_text(text)
+
+        def indexed_everything():
+            stats = json.loads(grace("stats", "--json", "-c", str(manifest), cwd=tmp_path).stdout)["total"]
+            return stats if stats["indexed_embeddings"] == len(DOCUMENTS) and stats["index_coverage"] == 1.0 else None
+
+        wait_for(indexed_everything, timeout=240)
+        result = grace("search", "an eruption disrupted flights", "-k", "2", "--json", "-c", str(manifest), cwd=tmp_path)
+        hits = json.loads(result.stdout)
+        assert hits[0]["path"] == "volcano.txt" and hits[0]["source"] == "documents"
+        assert hits[0]["text"] == DOCUMENTS["volcano.txt"]
+
+        instance = DagsterInstance.from_config(str(home))
+        ingest_runs = [run for run in instance.get_runs() if run.job_name == "ingest"]
+        assert ingest_runs and all(run.tags["grace/origin"] == "ingest" for run in ingest_runs)
+        assert all(int(run.tags["grace/data_size_bytes"]) > 0 for run in ingest_runs)
+        assert {run.tags["dagster/partition"] for run in ingest_runs} <= {"0", "1"}
+        instance.dispose()
+    assert not group_alive(group), "every process grace dev started is stopped"
