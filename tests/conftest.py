@@ -46,18 +46,3 @@ def write_manifest(tmp_path):
         return path
 
     return write
-
-
-def manifest_text(store_url: str | None = None, shards: int = 2, extra_sources: str = "") -> str:
-    store_line = f"store: {store_url}\n" if store_url else ""
-    return (
-        f"state_dir: state\n{store_line}"
-        "sources:\n"
-        "  - name: docs\n"
-        "    path: inbox\n"
-        "    patterns: ['**/*.txt', '**/*.md']\n"
-        "    origin: ingest\n"
-        "    max_bytes: 1KB\n"
-        f"{extra_sources}"
-        f"index:\n  shards: {shards}\n  trees: 10\n"
-    )

@@ -13,16 +13,30 @@ from resources.search import Searcher, index_stats
 from resources.store import Store
 from resources.vector_index import ShardedIndex
 
-from tests.conftest import manifest_text
+
+def manifest_text(store_url: str | None = None, shards: int = 2, extra_sources: str = "", max_bytes: str = "1KB") -> str:
+    store_line = f"store: {store_url}\n" if store_url else ""
+    return (
+        f"state_dir: state\n{store_line}"
+        "sources:\n"
+        "  - name: docs\n"
+        "    path: inbox\n"
+        "    patterns: ['**/*.txt', '**/*.md']\n"
+        "    origin: ingest\n"
+        f"    max_bytes: {max_bytes}\n"
+        f"{extra_sources}"
+        f"index:\n  shards: {shards}\n  trees: 10\n"
+    )
+
 
 INGEST = AssetSelection.assets("documents", "chunks", "embeddings")
 REBUILD = AssetSelection.assets("vector_index")
 
 
 class Deployment:
-    def __init__(self, root: Path, store_url: str | None, embedder_resource, shards: int = 2, extra_sources: str = ""):
+    def __init__(self, root: Path, store_url: str | None, embedder_resource, shards: int = 2, **manifest_options):
         self.root = root
-        (root / "grace.yaml").write_text(manifest_text(store_url, shards, extra_sources))
+        (root / "grace.yaml").write_text(manifest_text(store_url, shards, **manifest_options))
         self.manifest = load_manifest(root / "grace.yaml")
         self.defs = build_definitions(self.manifest)
         self.resources = {**self.defs.resources, "embedder": embedder_resource}

@@ -112,3 +112,14 @@ def test_definitions_follow_the_manifest(write_manifest):
     assert {s.name for s in two.sensors} - {s.name for s in one.sensors} == {"watch_notes"}
     partitions = lambda defs: defs.resolve_job_def("ingest").partitions_def.get_partition_keys()
     assert partitions(one) == ["0", "1"] and partitions(two) == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("target", [["-w", "workspace.yaml"], []], ids=["workspace.yaml", "pyproject [tool.dagster]"])
+def test_project_files_load_the_code_location(tmp_path, target):
+    root = os.path.join(os.path.dirname(__file__), "..")
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    environment.pop("GRACE_CONFIG", None)
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    result = subprocess.run([dagster, "definitions", "validate", *target], capture_output=True, text=True, env=environment, cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful for code location grace" in result.stdout + result.stderr
