@@ -140,12 +140,31 @@ class IndexConfig(Section):
     rebuild: RebuildConfig = RebuildConfig()
 
 
+class WatchConfig(Section):
+    """How sensors learn about file changes."""
+
+    events: bool = Field(
+        default=True,
+        description="true: watchdog events make a tick cost O(changes); false: scan every folder every tick",
+    )
+    reconcile_every_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="full scan of every folder this often (and at startup), to catch missed events",
+    )
+
+
 class DaemonConfig(Section):
     """How `grace dev` serves Dagster."""
 
     host: str = Field(default="127.0.0.1", description="address the Dagster UI listens on")
     port: int = Field(default=3000, ge=1, le=65535, description="port of the Dagster UI")
     max_concurrent_runs: int = Field(default=8, ge=1, le=1000, description="run queue capacity")
+    max_run_seconds: int = Field(
+        default=7200,
+        ge=60,
+        description="a run still going after this long is failed and retried (a killed run worker never reports)",
+    )
 
 
 class Manifest(Section):
@@ -165,6 +184,7 @@ class Manifest(Section):
     chunking: ChunkingConfig = ChunkingConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
+    watch: WatchConfig = WatchConfig()
     daemon: DaemonConfig = DaemonConfig()
 
     @field_validator("state_dir")

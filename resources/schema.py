@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (
+    ColumnElement,
+    select,
     BigInteger,
     Column,
     DateTime,
@@ -41,7 +43,8 @@ documents = Table(
     Column("mtime_ns", BigInteger, nullable=False),
     Column("disk_hash", String(64), nullable=False, doc="content hash last seen on disk"),
     Column("processed_hash", String(64), doc="disk_hash that text/status reflect"),
-    Column("chunked_key", String(64), doc="text hash + chunker settings the chunks reflect"),
+    Column("chunked_hash", String(64), doc="processed_hash the chunks were cut from"),
+    Column("chunk_settings", String(128), doc="chunker settings the chunks were cut with"),
     Column("status", String(16), nullable=False, doc="pending, active, quarantined or deleted"),
     Column("reason", Text, doc="why the document is quarantined"),
     Column("text", Text),
@@ -142,8 +145,30 @@ class PendingChange:
     bytes_by_shard: dict[int, int]
 
 
-def chunked_key(processed_hash: str | None, settings_key: str) -> str:
-    return hashlib.sha256(f"{processed_hash}:{settings_key}".encode()).hexdigest()
+def needs_processing() -> ColumnElement[bool]:
+    """A document whose file changed, appeared or vanished since the documents step saw it."""
+    return (
+        documents.c.status.in_(["pending", "deleted"])
+        | documents.c.processed_hash.is_(None)
+        | (documents.c.processed_hash != documents.c.disk_hash)
+    )
+
+
+def needs_chunking(settings_key: str) -> ColumnElement[bool]:
+    """An active document whose chunks were cut from other text or with other settings."""
+    return (documents.c.status == "active") & (
+        documents.c.chunked_hash.is_(None)
+        | (documents.c.chunked_hash != documents.c.processed_hash)
+        | (documents.c.chunk_settings != settings_key)
+    )
+
+
+def lacks_embedding(model_id: str) -> ColumnElement[bool]:
+    """A chunk of an active document with no vector from this model yet."""
+    embedded = select(embeddings.c.chunk_hash).where(
+        embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash
+    )
+    return (documents.c.status == "active") & ~embedded.exists()
 
 
 def record_change(connection, source: str, document_id: str, size: int, now: datetime) -> int:

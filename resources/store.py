@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from dagster import ConfigurableResource
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, union, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -19,12 +19,14 @@ from resources.schema import (
     PendingChange,
     batches,
     changes,
-    chunked_key,
     chunks,
     documents,
     embeddings,
+    lacks_embedding,
     make_engine,
     metadata,
+    needs_chunking,
+    needs_processing,
     new_document_id,
     purge_document,
     record_change,
@@ -48,10 +50,7 @@ class Store:
 
     def documents_of(self, source: str) -> dict[str, DocumentRow]:
         """Every known document of a source that still exists on disk, by path."""
-        query = select(
-            documents.c.id, documents.c.source, documents.c.path, documents.c.size,
-            documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
-        ).where(documents.c.source == source, documents.c.status != "deleted")
+        query = _document_rows().where(documents.c.source == source, documents.c.status != "deleted")
         with self.engine.connect() as connection:
             return {row.path: DocumentRow(*row) for row in connection.execute(query)}
 
@@ -128,6 +127,40 @@ class Store:
                 events += record_change(connection, source, document_id, observed.size, now)
         return events
 
+    def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
+        """Shards where a source's documents still have work for the ingest job at any step."""
+        by_document = select((documents.c.shard_key % shards).label("shard")).where(
+            documents.c.source == source, needs_processing() | needs_chunking(settings_key)
+        )
+        by_chunk = (
+            select((documents.c.shard_key % shards).label("shard"))
+            .join(chunks, chunks.c.document_id == documents.c.id)
+            .where(documents.c.source == source, lacks_embedding(model_id))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(union(by_document, by_chunk)).scalars())
+
+    def documents_at(self, source: str, paths: Iterable[str]) -> dict[str, DocumentRow]:
+        """Known, undeleted documents of a source at exactly these paths."""
+        found: dict[str, DocumentRow] = {}
+        with self.engine.connect() as connection:
+            for batch in batches(sorted(paths), 500):
+                query = _document_rows().where(
+                    documents.c.source == source, documents.c.status != "deleted", documents.c.path.in_(batch)
+                )
+                found.update({row.path: DocumentRow(*row) for row in connection.execute(query)})
+        return found
+
+    def documents_under(self, source: str, folder: str) -> dict[str, DocumentRow]:
+        """Known, undeleted documents of a source inside a folder (relative, / separated)."""
+        query = _document_rows().where(
+            documents.c.source == source,
+            documents.c.status != "deleted",
+            documents.c.path.startswith(folder.rstrip("/") + "/", autoescape=True),
+        )
+        with self.engine.connect() as connection:
+            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
+
     def pending_changes(self, source: str, after_change_id: int, shards: int) -> PendingChange:
         """Changes of a source newer than a sensor cursor, summed by shard."""
         query = (
@@ -154,15 +187,7 @@ class Store:
 
     def unprocessed_documents(self, shard: int, shards: int) -> list[DocumentRow]:
         """Documents of a shard whose disk state is newer than what was processed."""
-        query = select(
-            documents.c.id, documents.c.source, documents.c.path, documents.c.size,
-            documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
-        ).where(
-            documents.c.shard_key % shards == shard,
-            (documents.c.status.in_(["pending", "deleted"]))
-            | (documents.c.processed_hash.is_(None))
-            | (documents.c.processed_hash != documents.c.disk_hash),
-        )
+        query = _document_rows().where(documents.c.shard_key % shards == shard, needs_processing())
         with self.engine.connect() as connection:
             return [DocumentRow(*row) for row in connection.execute(query)]
 
@@ -173,7 +198,7 @@ class Store:
         with self.engine.begin() as connection:
             connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
         self._set_processed(
-            document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_key=None
+            document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None
         )
 
     def purge_document(self, document_id: str) -> None:
@@ -193,17 +218,14 @@ class Store:
     # --- chunks -------------------------------------------------------------------------
 
     def documents_to_chunk(self, shard: int, shards: int, settings_key: str) -> list[tuple[str, str]]:
-        """(document id, text) of active documents whose chunks are out of date."""
-        query = select(
-            documents.c.id, documents.c.processed_hash, documents.c.chunked_key, documents.c.text
-        ).where(documents.c.shard_key % shards == shard, documents.c.status == "active")
+        """(document id, text) of active documents whose chunks are out of date, by id."""
+        query = (
+            select(documents.c.id, documents.c.text)
+            .where(documents.c.shard_key % shards == shard, needs_chunking(settings_key))
+            .order_by(documents.c.id)
+        )
         with self.engine.connect() as connection:
-            stale = [
-                (document_id, text)
-                for document_id, processed_hash, current_key, text in connection.execute(query)
-                if chunked_key(processed_hash, settings_key) != current_key
-            ]
-        return sorted(stale)
+            return [tuple(row) for row in connection.execute(query)]
 
     def replace_chunks(self, document_id: str, new_chunks: Sequence[NewChunk], settings_key: str) -> int:
         """Make a document's chunks exactly new_chunks, keeping rows whose text is unchanged.
@@ -244,7 +266,7 @@ class Store:
             connection.execute(
                 update(documents)
                 .where(documents.c.id == document_id)
-                .values(chunked_key=chunked_key(processed_hash, settings_key))
+                .values(chunked_hash=processed_hash, chunk_settings=settings_key)
             )
         return len(inserted)
 
@@ -252,17 +274,10 @@ class Store:
 
     def chunks_to_embed(self, shard: int, shards: int, model_id: str) -> list[tuple[str, str]]:
         """(chunk hash, text) of a shard's active chunks that have no embedding yet, unique by hash."""
-        embedded = select(embeddings.c.chunk_hash).where(
-            embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash
-        )
         query = (
             select(chunks.c.chunk_hash, func.min(chunks.c.text))
             .join(documents, documents.c.id == chunks.c.document_id)
-            .where(
-                documents.c.shard_key % shards == shard,
-                documents.c.status == "active",
-                ~embedded.exists(),
-            )
+            .where(documents.c.shard_key % shards == shard, lacks_embedding(model_id))
             .group_by(chunks.c.chunk_hash)
             .order_by(chunks.c.chunk_hash)
         )
@@ -364,6 +379,13 @@ class Store:
             return [tuple(row) for row in connection.execute(query.order_by(documents.c.path))]
 
 
+
+
+def _document_rows():
+    return select(
+        documents.c.id, documents.c.source, documents.c.path, documents.c.size,
+        documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
+    )
 
 
 @functools.cache

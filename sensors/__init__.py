@@ -10,5 +10,5 @@ from sensors.index_freshness import build_freshness_sensor
 
 
 def build_sensors(manifest: Manifest) -> list[SensorDefinition]:
-    folder_sensors = [build_folder_sensor(source, manifest.index.shards) for source in manifest.sources]
+    folder_sensors = [build_folder_sensor(manifest, source) for source in manifest.sources]
     return [*folder_sensors, build_freshness_sensor(manifest)]

@@ -1,21 +1,45 @@
 """One sensor per watched folder: file changes become store rows and per-shard ingest runs."""
 
+import json
+import time
+from dataclasses import asdict, dataclass
+
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
-    SkipReason,
+    SensorResult,
     sensor,
 )
 
-from grace.manifest import SourceConfig
+from grace.manifest import Manifest, SourceConfig
 from pipelines import INGEST_JOB
+from pipelines.ingest import shared_chunker
+from resources.embedder import EmbedderResource
 from resources.store import StoreResource
-from sensors.scan import scan_source
+from sensors.runs import run_in_flight
+from sensors.scan import reconcile
+from sensors.watcher import watcher_for
 
 # The sensor daemon loops every 5 s at best; asking for less means "every loop".
 TICK_SECONDS = 2
+
+
+@dataclass
+class Cursor:
+    """last_change: the newest change event already turned into a run request.
+    reconciled_at: when the folder was last scanned whole (epoch seconds)."""
+
+    last_change: int = 0
+    reconciled_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Cursor":
+        return cls(**json.loads(text)) if text else cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self))
 
 
 def ingest_tags(source: SourceConfig, shard: int, data_size_bytes: int) -> dict[str, str]:
@@ -27,13 +51,17 @@ def ingest_tags(source: SourceConfig, shard: int, data_size_bytes: int) -> dict[
     }
 
 
-def build_folder_sensor(source: SourceConfig, shards: int) -> SensorDefinition:
-    """Scan the folder, record changes, and request one ingest run per shard that changed.
+def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefinition:
+    """Find what changed in the folder, record it, and request one ingest run per changed shard.
 
-    The cursor is the id of the last change event turned into a run request; events stay
-    in the store until a later tick has committed that cursor, so a crash between
-    recording and requesting loses nothing, and run keys stop any double request.
+    With watch.events, a tick reconciles only the paths watchdog reported; the whole folder
+    is scanned at startup and every watch.reconcile_every_seconds, and that periodic
+    reconcile also re-requests shards that still have work but no run (a killed run).
+    Change events stay in the store until a later tick has committed the cursor that
+    covers them, so a crash between recording and requesting loses nothing, and run keys
+    stop double requests.
     """
+    shards = manifest.index.shards
 
     @sensor(
         name=f"watch_{source.name}",
@@ -42,21 +70,21 @@ def build_folder_sensor(source: SourceConfig, shards: int) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Watches {source.path} ({', '.join(source.patterns)}) for source '{source.name}'.",
     )
-    def watch_folder(context: SensorEvaluationContext, store: StoreResource):
+    def watch_folder(context: SensorEvaluationContext, store: StoreResource, embedder: EmbedderResource):
         grace_store = store.get()
-        committed = int(context.cursor or 0)
-        grace_store.forget_changes(source.name, committed)
-        source.path.mkdir(parents=True, exist_ok=True)
-        scan = scan_source(grace_store, source)
-        pending = grace_store.pending_changes(source.name, committed, shards)
-        if not pending.bytes_by_shard:
-            return SkipReason(f"no changes in {source.path}")
-        context.log.info(
-            f"{source.name}: {len(scan.changed)} changed, {len(scan.moved)} moved, "
-            f"{len(scan.deleted)} deleted; shards {sorted(pending.bytes_by_shard)}"
-        )
-        context.update_cursor(str(pending.last_change_id))
-        return [
+        cursor = Cursor.parse(context.cursor)
+        grace_store.forget_changes(source.name, cursor.last_change)
+        watcher, started = watcher_for(source) if manifest.watch.events else (None, True)
+        reconcile_due = time.time() - cursor.reconciled_at >= manifest.watch.reconcile_every_seconds
+        dirty = watcher.journal.drain() if watcher else None
+        if started or reconcile_due:
+            dirty = None
+        if reconcile_due:
+            cursor.reconciled_at = time.time()
+        scan = reconcile(grace_store, source, dirty)
+        pending = grace_store.pending_changes(source.name, cursor.last_change, shards)
+        cursor.last_change = pending.last_change_id
+        requests = [
             RunRequest(
                 run_key=f"{source.name}:{shard}:{pending.last_change_id}",
                 partition_key=str(shard),
@@ -64,5 +92,27 @@ def build_folder_sensor(source: SourceConfig, shards: int) -> SensorDefinition:
             )
             for shard, size in sorted(pending.bytes_by_shard.items())
         ]
+        if reconcile_due:
+            requests += _unfinished_work(context, manifest, source, grace_store, embedder, set(pending.bytes_by_shard))
+        if requests:
+            context.log.info(
+                f"{source.name}: {len(scan.changed)} changed, {len(scan.moved)} moved, {len(scan.deleted)} deleted; "
+                f"runs for shards {sorted(request.partition_key for request in requests)}"
+            )
+        skip = None if requests else f"no changes in {source.path} ({'full scan' if dirty is None else 'events'})"
+        return SensorResult(run_requests=requests, cursor=cursor.dump(), skip_reason=skip)
 
     return watch_folder
+
+
+def _unfinished_work(context, manifest, source, grace_store, embedder, requested: set[int]) -> list[RunRequest]:
+    """Shards with work left by a run that died, and no ingest run queued or running."""
+    chunker = shared_chunker(embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens)
+    stuck = grace_store.shards_needing_ingest(
+        source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
+    )
+    return [
+        RunRequest(partition_key=str(shard), tags={**ingest_tags(source, shard, 0), "grace/reason": "unfinished work"})
+        for shard in sorted(stuck - requested)
+        if not run_in_flight(context.instance, INGEST_JOB, shard)
+    ]

@@ -1,10 +1,8 @@
 """Rebuild a shard's index once too much of it is stale."""
 
 from dagster import (
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -15,13 +13,11 @@ from grace.manifest import Manifest
 from pipelines import REBUILD_JOB
 from pipelines.index import rebuild_tags
 from sensors.folder import TICK_SECONDS
+from sensors.runs import run_in_flight
 from resources.embedder import EmbedderResource
 from resources.search import shard_view, stale_fraction
 from resources.store import StoreResource
 from resources.vector_index import VectorIndexResource
-
-IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-
 
 def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     threshold = manifest.index.rebuild.when_stale_fraction
@@ -45,7 +41,7 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
             view = shard_view(grace_store, index, shard, model_id)
             counts = {"pending": len(view.pending), "tombstoned": len(view.tombstoned), "total_embeddings": len(view.searchable)}
             fraction = stale_fraction(counts)
-            if fraction < threshold or _rebuild_in_flight(context, shard):
+            if fraction < threshold or run_in_flight(context.instance, REBUILD_JOB, shard):
                 continue
             requests.append(
                 RunRequest(partition_key=str(shard), tags=rebuild_tags(shard, f"stale fraction {fraction:.3f}"))
@@ -53,10 +49,3 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
         return requests or SkipReason(f"every shard is under {threshold:.0%} stale or already rebuilding")
 
     return index_freshness
-
-
-def _rebuild_in_flight(context: SensorEvaluationContext, shard: int) -> bool:
-    runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=REBUILD_JOB, statuses=IN_FLIGHT, tags={"grace/shard": str(shard)}), limit=1
-    )
-    return bool(runs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from stat import S_ISREG
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -45,13 +46,13 @@ def matches(relative_path: str, patterns: list[str]) -> bool:
     return any(glob_regex(pattern).match(relative_path) for pattern in patterns)
 
 
-def list_files(root: Path, patterns: list[str]) -> dict[str, os.stat_result]:
-    """Regular files under root matching the patterns, by /-separated relative path.
+def list_files(root: Path, patterns: list[str], under: str = "") -> dict[str, os.stat_result]:
+    """Regular files below root/under that match the patterns, by /-separated path relative to root.
 
     Symlinks are not followed: a watched folder never reaches outside itself.
     """
     found: dict[str, os.stat_result] = {}
-    stack = [root]
+    stack = [root / under]
     while stack:
         folder = stack.pop()
         try:
@@ -69,6 +70,17 @@ def list_files(root: Path, patterns: list[str]) -> dict[str, os.stat_result]:
                     except FileNotFoundError:
                         continue
     return found
+
+
+@dataclass
+class Dirty:
+    """Relative paths touched since the last look: files, and folders to list whole."""
+
+    files: set[str] = field(default_factory=set)
+    folders: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.folders)
 
 
 @dataclass
@@ -115,9 +127,29 @@ def diff_folder(
     return result
 
 
-def scan_source(store: Store, source: SourceConfig) -> ScanResult:
-    """Full reconcile of one source folder into the store."""
-    result = diff_folder(source, store.documents_of(source.name), list_files(source.path, source.patterns))
+def stat_file(path: Path) -> os.stat_result | None:
+    """lstat of a regular file that is not a symlink, else None."""
+    try:
+        stat = path.lstat()
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    return stat if S_ISREG(stat.st_mode) else None
+
+
+def reconcile(store: Store, source: SourceConfig, dirty: Dirty | None = None) -> ScanResult:
+    """Bring the store's view of a folder up to date: all of it, or only the dirty paths."""
+    if dirty is None:
+        known, on_disk = store.documents_of(source.name), list_files(source.path, source.patterns)
+    else:
+        known, on_disk = store.documents_at(source.name, dirty.files), {}
+        for relative in dirty.files:
+            stat = stat_file(source.path / relative)
+            if stat is not None:
+                on_disk[relative] = stat
+        for folder in dirty.folders:
+            known.update(store.documents_under(source.name, folder))
+            on_disk.update(list_files(source.path, source.patterns, under=folder))
+    result = diff_folder(source, known, on_disk)
     if not result.empty:
         store.record_scan(source.name, result.changed, result.touched, result.moved, result.deleted)
     return result

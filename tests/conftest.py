@@ -46,3 +46,12 @@ def write_manifest(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _stop_watchers():
+    """Observers started by sensors in this process must not outlive their test."""
+    yield
+    from sensors.watcher import stop_watchers
+
+    stop_watchers()

@@ -14,7 +14,10 @@ from resources.store import Store
 from resources.vector_index import ShardedIndex
 
 
-def manifest_text(store_url: str | None = None, shards: int = 2, extra_sources: str = "", max_bytes: str = "1KB") -> str:
+def manifest_text(
+    store_url: str | None = None, shards: int = 2, extra_sources: str = "", max_bytes: str = "1KB", events: bool = False
+) -> str:
+    """A test manifest; events=False makes every tick a full scan, so no test waits for watchdog."""
     store_line = f"store: {store_url}\n" if store_url else ""
     return (
         f"state_dir: state\n{store_line}"
@@ -26,6 +29,7 @@ def manifest_text(store_url: str | None = None, shards: int = 2, extra_sources: 
         f"    max_bytes: {max_bytes}\n"
         f"{extra_sources}"
         f"index:\n  shards: {shards}\n  trees: 10\n"
+        f"watch:\n  events: {str(events).lower()}\n"
     )
 
 
@@ -69,8 +73,8 @@ class Deployment:
             instance=self.instance, cursor=self.cursors.get(sensor_name), resources=self.resources
         )
         result = self.defs.get_sensor_def(sensor_name)(context)
-        self.cursors[sensor_name] = context.cursor
-        return list(result) if isinstance(result, list) else []
+        self.cursors[sensor_name] = result.cursor
+        return list(result.run_requests or [])
 
     def ingest(self, shard: int):
         return self._materialize(INGEST, shard)

@@ -1,0 +1,115 @@
+"""watchdog observers that journal which paths changed, so a sensor tick costs O(changes).
+
+One observer per watched folder per process. The journal lives in memory: a process that
+starts a watcher (a new or restarted code server) begins with a full reconcile scan, so
+events from before it existed are never needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from grace.manifest import SourceConfig
+from sensors.scan import Dirty, matches
+
+JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
+IGNORED_EVENTS = {"opened", "closed_no_write"}
+log = logging.getLogger(__name__)
+
+
+class Journal(FileSystemEventHandler):
+    """Records the paths that watchdog reports, relative to the folder; thread-safe."""
+
+    def __init__(self, root: Path, patterns: list[str]):
+        self.root = root
+        self.patterns = patterns
+        self._dirty = Dirty()
+        self._overflowed = False
+        self._lock = threading.Lock()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in IGNORED_EVENTS:
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        with self._lock:
+            for path in filter(None, paths):
+                self._record(os.fsdecode(path), event.is_directory)
+
+    def _record(self, path: str, is_directory: bool) -> None:
+        try:
+            relative = Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return
+        if relative == ".":
+            self._overflowed = True  # the folder itself moved or vanished: rescan everything
+        elif is_directory:
+            self._dirty.folders.add(relative)
+        elif matches(relative, self.patterns):
+            self._dirty.files.add(relative)
+        if len(self._dirty) > JOURNAL_LIMIT:
+            self._overflowed = True
+
+    def drain(self) -> Dirty | None:
+        """What changed since the last drain, or None if only a full scan can tell."""
+        with self._lock:
+            dirty, overflowed = self._dirty, self._overflowed
+            self._dirty, self._overflowed = Dirty(), False
+        return None if overflowed else dirty
+
+
+class FolderWatcher:
+    """A running watchdog observer over one source folder."""
+
+    def __init__(self, source: SourceConfig):
+        source.path.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(source.path, source.patterns)
+        self.observer = Observer()
+        self.observer.schedule(self.journal, str(source.path), recursive=True)
+        self.observer.daemon = True
+        self.observer.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.observer.is_alive()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+
+_watchers: dict[tuple[str, Path], FolderWatcher] = {}
+_watchers_lock = threading.Lock()
+
+
+def watcher_for(source: SourceConfig) -> tuple[FolderWatcher | None, bool]:
+    """(this process's watcher for the source, whether it was started just now).
+
+    (None, True) when no observer can run (an inotify limit, say): the caller scans fully.
+    """
+    key = (source.name, source.path)
+    with _watchers_lock:
+        watcher = _watchers.get(key)
+        if watcher is not None and watcher.alive:
+            return watcher, False
+        try:
+            watcher = FolderWatcher(source)
+        except OSError as error:
+            log.warning("cannot watch %s (%s); scanning the whole folder every tick", source.path, error)
+            _watchers.pop(key, None)
+            return None, True
+        _watchers[key] = watcher
+        return watcher, True
+
+
+def stop_watchers() -> None:
+    """Stop every observer of this process (tests, shutdown)."""
+    with _watchers_lock:
+        for watcher in _watchers.values():
+            watcher.stop()
+        _watchers.clear()
