@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagster import (
+    AssetSelection,
     AssetSpec,
     Definitions,
     StaticPartitionsDefinition,
@@ -11,7 +12,7 @@ from dagster import (
 )
 
 from grace.manifest import Manifest
-from pipelines.index import build_index_asset, build_rebuild_schedule
+from pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
 from pipelines.ingest import build_ingest_assets
 
 INGEST_JOB = "ingest"
@@ -48,12 +49,14 @@ def build_pipelines(manifest: Manifest) -> Definitions:
         INGEST_JOB, selection=ingest_assets, executor_def=in_process_executor,
         description="Reads, chunks and embeds whatever a shard has pending.",
     )
+    consistency_check = build_consistency_check(manifest)
     rebuild_job = define_asset_job(
-        REBUILD_JOB, selection=[index_asset], executor_def=in_process_executor,
+        REBUILD_JOB, selection=AssetSelection.assets(index_asset) | AssetSelection.checks(consistency_check), executor_def=in_process_executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
     return Definitions(
         assets=[*specs, *ingest_assets, index_asset],
+        asset_checks=[consistency_check],
         jobs=[ingest_job, rebuild_job],
         schedules=[build_rebuild_schedule(manifest, rebuild_job)],
     )

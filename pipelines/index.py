@@ -14,17 +14,21 @@ from dagster import (
     ScheduleDefinition,
     MaterializeResult,
     PartitionsDefinition,
+    AssetChecksDefinition,
     asset,
+    asset_check,
     schedule,
 )
 
 from grace.manifest import Manifest
+from resources.consistency import check_shard
 from resources.embedder import EmbedderResource
 from resources.search import shard_view
 from resources.store import StoreResource
 from resources.vector_index import VectorIndexResource
 
 COVERAGE_CHECK = "index_covers_every_embedding"
+CONSISTENCY_CHECK = "index_matches_store"
 
 
 def rebuild_tags(shard: int, reason: str) -> dict[str, str]:
@@ -82,6 +86,36 @@ def build_index_asset(manifest: Manifest, shards: PartitionsDefinition, embeddin
         )
 
     return vector_index
+
+
+def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
+    @asset_check(
+        asset="vector_index",
+        name=CONSISTENCY_CHECK,
+        description="Every shard's index files are intact (checksum, counts, model) and hold exactly "
+        "the store's vectors: no orphan vectors, none missing. Runs with every rebuild, or on demand.",
+    )
+    def index_matches_store(
+        store: StoreResource, embedder: EmbedderResource, vector_index: VectorIndexResource
+    ) -> AssetCheckResult:
+        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        reports = [check_shard(grace_store, index, shard, model_id) for shard in range(index.shards)]
+        problems = [problem for report in reports for problem in report.problems]
+        stale = [f"shard {r.shard}: {r.orphans} orphan, {r.missing} missing" for r in reports if r.orphans or r.missing]
+        return AssetCheckResult(
+            passed=not problems and not stale,
+            # Corruption must be repaired; staleness only means the next rebuild is due.
+            severity=AssetCheckSeverity.ERROR if problems else AssetCheckSeverity.WARN,
+            description="; ".join(problems + stale) or "store and index files agree",
+            metadata={
+                "problems": len(problems),
+                "orphan_vectors": sum(r.orphans for r in reports),
+                "missing_vectors": sum(r.missing for r in reports),
+                "vectors_compared": sum(r.vectors_compared for r in reports),
+            },
+        )
+
+    return index_matches_store
 
 
 def build_rebuild_schedule(manifest: Manifest, rebuild_job: JobDefinition) -> ScheduleDefinition:

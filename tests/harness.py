@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from dagster import AssetSelection, DagsterInstance, build_sensor_context, materialize
 
 from grace.manifest import load_manifest
@@ -34,7 +35,7 @@ def manifest_text(
 
 
 INGEST = AssetSelection.assets("documents", "chunks", "embeddings")
-REBUILD = AssetSelection.assets("vector_index")
+REBUILD = AssetSelection.assets("vector_index") | AssetSelection.checks_for_assets("vector_index")
 
 
 class Deployment:
@@ -92,6 +93,33 @@ class Deployment:
                 assert self.rebuild(shard).success
         return requests
 
+    def check(self, name: str = "index_matches_store"):
+        """Run one rebuild of shard 0 and return the named check's evaluation."""
+        result = self.rebuild(0)
+        return next(check for check in result.get_asset_check_evaluations() if check.check_name == name)
+
+    def snapshot(self) -> dict:
+        """Everything a rerun must reproduce, independent of row ids and timing."""
+        store, model = self.store, self.embedder
+        hits = {}
+        for shard in range(self.manifest.index.shards):
+            ids = store.embedded_chunk_ids(shard, self.manifest.index.shards, model.model_id)
+            hits.update(store.chunk_hits([int(i) for i in ids]))
+        chunk_ids = sorted(hits)
+        _ids, vectors = store.vectors_of(chunk_ids, model.model_id)
+        rows = sorted(zip(((hits[i].path, hits[i].ordinal, hits[i].text) for i in chunk_ids), vectors), key=lambda row: row[0])
+        chunks = [key for key, _vector in rows]
+        matrix = np.array([vector for _key, vector in rows])
+        totals = self.stats()["total"]
+        indexed = sorted(
+            (hits[int(i)].path, hits[int(i)].ordinal)
+            for shard in range(self.manifest.index.shards)
+            if (loaded := self.index.load(shard)) is not None
+            for i in loaded.chunk_ids
+            if int(i) in hits
+        )
+        return {"chunks": chunks, "vectors": matrix, "indexed": indexed, "quarantined": store.quarantined(), "stats": totals}
+
     def search(self, query: str, k: int = 5):
         return Searcher(self.store, self.index, self.embedder).search(query, k)
 
@@ -100,9 +128,16 @@ class Deployment:
 
     def _materialize(self, selection: AssetSelection, shard: int):
         return materialize(
-            self.defs.assets,
+            [*self.defs.assets, *self.defs.asset_checks],
             selection=selection,
             partition_key=str(shard),
             resources=self.resources,
             instance=self.instance,
         )
+
+
+def assert_same_state(actual: dict, expected: dict) -> None:
+    """Snapshots agree: identical rows, index membership and stats; vectors to float tolerance."""
+    assert {k: v for k, v in actual.items() if k != "vectors"} == {k: v for k, v in expected.items() if k != "vectors"}
+    assert actual["vectors"].shape == expected["vectors"].shape
+    assert np.allclose(actual["vectors"], expected["vectors"], atol=1e-5)
