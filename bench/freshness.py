@@ -24,9 +24,26 @@ from resources import build_resources  # noqa: E402
 from resources.search import Searcher  # noqa: E402
 
 TOPICS = [
-    "glacier", "saxophone", "origami", "volcano", "lighthouse", "beekeeping", "submarine", "tango",
-    "meteorite", "sourdough", "falconry", "cathedral", "hurricane", "chess", "canyon", "violin",
-    "archery", "penguin", "telescope", "pottery",
+    "glacier",
+    "saxophone",
+    "origami",
+    "volcano",
+    "lighthouse",
+    "beekeeping",
+    "submarine",
+    "tango",
+    "meteorite",
+    "sourdough",
+    "falconry",
+    "cathedral",
+    "hurricane",
+    "chess",
+    "canyon",
+    "violin",
+    "archery",
+    "penguin",
+    "telescope",
+    "pottery",
 ]
 
 
@@ -62,7 +79,9 @@ def main() -> None:
                         break
                     time.sleep(0.2)
                 else:
-                    raise TimeoutError(f"{name} was not searchable after {args.timeout}s; see {root / 'dagster-dev.log'}")
+                    raise TimeoutError(
+                        f"{name} was not searchable after {args.timeout}s; see {root / 'dagster-dev.log'}"
+                    )
                 latencies.append(time.monotonic() - dropped)
                 print(f"{name}: searchable after {latencies[-1]:.2f} s", flush=True)
     print(

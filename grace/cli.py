@@ -73,7 +73,9 @@ def _port(text: str) -> int:
 def _validate(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.path)
     names = ", ".join(source.name for source in manifest.sources) or "none"
-    print(f"ok: {len(manifest.sources)} source(s) ({names}), {manifest.index.shards} shard(s), store {manifest.store_url}")
+    print(
+        f"ok: {len(manifest.sources)} source(s) ({names}), {manifest.index.shards} shard(s), store {manifest.store_url}"
+    )
     return 0
 
 
@@ -134,7 +136,15 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
-    columns = ["total_embeddings", "indexed_embeddings", "pending", "tombstoned", "index_coverage", "documents_active", "documents_quarantined"]
+    columns = [
+        "total_embeddings",
+        "indexed_embeddings",
+        "pending",
+        "tombstoned",
+        "index_coverage",
+        "documents_active",
+        "documents_quarantined",
+    ]
     print("shard  " + "  ".join(columns))
     for row in [*stats["shards"], {"shard": "all", **stats["total"]}]:
         cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]

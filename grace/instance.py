@@ -18,7 +18,11 @@ def instance_config(manifest: Manifest) -> dict:
         "nux": {"enabled": False},
         # The default run launcher cannot see a run worker that was killed, so a bound on
         # run time is what frees its shard; a retry then finishes the work.
-        "run_monitoring": {"enabled": True, "max_runtime_seconds": manifest.daemon.max_run_seconds, "poll_interval_seconds": 30},
+        "run_monitoring": {
+            "enabled": True,
+            "max_runtime_seconds": manifest.daemon.max_run_seconds,
+            "poll_interval_seconds": 30,
+        },
         "run_retries": {"enabled": True, "max_retries": 2},
         "run_coordinator": {
             "module": "dagster._core.run_coordinator",

@@ -34,9 +34,7 @@ def _validate_cron(expression: str) -> str:
     from dagster._utils.schedules import is_valid_cron_string
 
     if not is_valid_cron_string(expression):
-        raise ValueError(
-            f"{expression!r} is not a cron expression; use five fields, e.g. '0 * * * *' for hourly"
-        )
+        raise ValueError(f"{expression!r} is not a cron expression; use five fields, e.g. '0 * * * *' for hourly")
     return expression
 
 
@@ -77,9 +75,7 @@ class SourceConfig(Section):
     def _relative_patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
             if pattern.startswith("/") or ".." in Path(pattern).parts:
-                raise ValueError(
-                    f"pattern {pattern!r} must stay inside the folder: no leading / and no .."
-                )
+                raise ValueError(f"pattern {pattern!r} must stay inside the folder: no leading / and no ..")
         return value
 
 
@@ -99,9 +95,7 @@ class ChunkingConfig(Section):
     def _overlap_below_half(cls, overlap: int, info: ValidationInfo) -> int:
         max_tokens = info.data.get("max_tokens", 256)
         if overlap >= max_tokens // 2:
-            raise ValueError(
-                f"must be under half of max_tokens ({max_tokens}), or chunking would barely advance"
-            )
+            raise ValueError(f"must be under half of max_tokens ({max_tokens}), or chunking would barely advance")
         return overlap
 
 
@@ -134,9 +128,7 @@ class IndexConfig(Section):
 
     shards: int = Field(default=4, ge=1, le=256, description="static partitions, 1 to 256")
     trees: int = Field(default=50, ge=1, le=1000, description="Annoy trees per shard")
-    search_k: int = Field(
-        default=25000, ge=1, description="Annoy nodes inspected per query; higher = better recall"
-    )
+    search_k: int = Field(default=25000, ge=1, description="Annoy nodes inspected per query; higher = better recall")
     rebuild: RebuildConfig = RebuildConfig()
 
 

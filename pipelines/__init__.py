@@ -46,12 +46,16 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
     # One process per run: the model loads once, and steps skip the per-step process start.
     ingest_job = define_asset_job(
-        INGEST_JOB, selection=ingest_assets, executor_def=in_process_executor,
+        INGEST_JOB,
+        selection=ingest_assets,
+        executor_def=in_process_executor,
         description="Reads, chunks and embeds whatever a shard has pending.",
     )
     consistency_check = build_consistency_check(manifest)
     rebuild_job = define_asset_job(
-        REBUILD_JOB, selection=AssetSelection.assets(index_asset) | AssetSelection.checks(consistency_check), executor_def=in_process_executor,
+        REBUILD_JOB,
+        selection=AssetSelection.assets(index_asset) | AssetSelection.checks(consistency_check),
+        executor_def=in_process_executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
     return Definitions(

@@ -68,9 +68,7 @@ class Chunker:
         limit = start + self.budget
         if limit >= total:
             return total
-        candidates = word_starts[
-            bisect_right(word_starts, start + self.budget // 2) : bisect_right(word_starts, limit)
-        ]
+        candidates = word_starts[bisect_right(word_starts, start + self.budget // 2) : bisect_right(word_starts, limit)]
         for index in reversed(candidates):
             gap = text[offsets[index - 1][1] - 1 : offsets[index][0]]
             if any(mark in gap for mark in SENTENCE_ENDS):

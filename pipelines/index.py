@@ -4,17 +4,17 @@ import time
 
 from dagster import (
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     DefaultScheduleStatus,
     JobDefinition,
-    RunRequest,
-    ScheduleDefinition,
     MaterializeResult,
     PartitionsDefinition,
-    AssetChecksDefinition,
+    RunRequest,
+    ScheduleDefinition,
     asset,
     asset_check,
     schedule,
@@ -35,7 +35,9 @@ def rebuild_tags(shard: int, reason: str) -> dict[str, str]:
     return {"grace/origin": "index", "grace/shard": str(shard), "grace/rebuild_reason": reason}
 
 
-def build_index_asset(manifest: Manifest, shards: PartitionsDefinition, embeddings_asset: AssetsDefinition) -> AssetsDefinition:
+def build_index_asset(
+    manifest: Manifest, shards: PartitionsDefinition, embeddings_asset: AssetsDefinition
+) -> AssetsDefinition:
     @asset(
         partitions_def=shards,
         deps=[embeddings_asset],
@@ -60,7 +62,9 @@ def build_index_asset(manifest: Manifest, shards: PartitionsDefinition, embeddin
         grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
         shard = int(context.partition_key)
         started = time.perf_counter()
-        chunk_ids, vectors = grace_store.vectors_of(grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
+        chunk_ids, vectors = grace_store.vectors_of(
+            grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id
+        )
         built = index.build(shard, chunk_ids, vectors, model_id)
         seconds = time.perf_counter() - started
         view = shard_view(grace_store, index, shard, model_id)

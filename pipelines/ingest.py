@@ -124,7 +124,9 @@ def build_ingest_assets(
         description=f"One vector per distinct chunk text, from {manifest.embedding.model}; "
         "cached by (model, chunk hash), so unchanged text is never embedded twice.",
     )
-    def embeddings(context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource) -> MaterializeResult:
+    def embeddings(
+        context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource
+    ) -> MaterializeResult:
         grace_store, model = store.get(), embedder.get()
         shard = int(context.partition_key)
         todo = grace_store.chunks_to_embed(shard, shard_count, model.model_id)

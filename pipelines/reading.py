@@ -73,8 +73,7 @@ def _decode(data: bytes) -> tuple[str | None, str | None]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         return None, (
-            f"not UTF-8: byte 0x{data[error.start]:02x} at offset {error.start} is invalid; "
-            "re-save the file as UTF-8"
+            f"not UTF-8: byte 0x{data[error.start]:02x} at offset {error.start} is invalid; re-save the file as UTF-8"
         )
     if not text.strip():
         return None, "contains only whitespace; add text to it"

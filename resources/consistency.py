@@ -48,8 +48,7 @@ def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) ->
         stored = np.array([loaded.annoy.get_item_vector(position_of[int(i)]) for i in ids], dtype=np.float32)
         wrong = np.flatnonzero(np.abs(stored - expected).max(axis=1) > VECTOR_TOLERANCE)
         if len(wrong):
-            report.problems.append(
-                f"shard {shard}: {len(wrong)} indexed vectors differ from the store (first chunk id {int(ids[wrong[0]])})"
-            )
+            first = int(ids[wrong[0]])
+            report.problems.append(f"shard {shard}: {len(wrong)} vectors differ from the store (first {first})")
         report.vectors_compared = len(ids)
     return report

@@ -77,9 +77,7 @@ class Embedder:
                     os.environ.setdefault(key, value)
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(
-                    str(self.model_dir), device=self.device, local_files_only=True
-                )
+                self._model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
             return self._model
 
 

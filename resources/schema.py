@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
-    ColumnElement,
-    select,
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Engine,
     ForeignKey,
@@ -28,6 +27,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    select,
 )
 
 metadata = MetaData()
@@ -90,7 +90,7 @@ Index("ix_changes_source_id", changes.c.source, changes.c.id)
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def shard_key_of(document_id: str) -> int:
@@ -172,9 +172,7 @@ def lacks_embedding(model_id: str) -> ColumnElement[bool]:
 
 
 def record_change(connection, source: str, document_id: str, size: int, now: datetime) -> int:
-    connection.execute(
-        insert(changes).values(source=source, document_id=document_id, size=size, recorded_at=now)
-    )
+    connection.execute(insert(changes).values(source=source, document_id=document_id, size=size, recorded_at=now))
     return 1
 
 
@@ -184,12 +182,13 @@ def purge_document(connection, document_id: str) -> None:
     connection.execute(delete(documents).where(documents.c.id == document_id))
 
 
-def new_document_id(source: str, path: str, taken: set[str]) -> str:
+def new_document_id(connection, source: str, path: str) -> str:
     """Derived from the first path a document had; salted if a renamed document holds it."""
     salt = 0
     while True:
         document_id = hashlib.sha256(f"{source}\0{path}\0{salt}".encode()).hexdigest()[:32]
-        if document_id not in taken:
+        taken = connection.execute(select(documents.c.id).where(documents.c.id == document_id)).first()
+        if taken is None:
             return document_id
         salt += 1
 
@@ -215,3 +214,16 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def document_rows():
+    """SELECT of the columns that make a DocumentRow."""
+    return select(
+        documents.c.id,
+        documents.c.source,
+        documents.c.path,
+        documents.c.size,
+        documents.c.mtime_ns,
+        documents.c.disk_hash,
+        documents.c.status,
+    )

@@ -7,19 +7,18 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from dagster import ConfigurableResource
-from sqlalchemy import delete, func, insert, select, union, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from resources.ledger import Ledger
 from resources.schema import (
     ChunkHit,
     DocumentRow,
     NewChunk,
-    ObservedFile,
-    PendingChange,
     batches,
-    changes,
     chunks,
+    document_rows,
     documents,
     embeddings,
     lacks_embedding,
@@ -27,15 +26,12 @@ from resources.schema import (
     metadata,
     needs_chunking,
     needs_processing,
-    new_document_id,
     purge_document,
-    record_change,
-    shard_key_of,
     utc_now,
 )
 
 
-class Store:
+class Store(Ledger):
     """All of Grace's durable state behind one SQLAlchemy engine."""
 
     def __init__(self, url: str):
@@ -46,148 +42,9 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # --- documents, as the sensor sees them ---------------------------------------------
-
-    def documents_of(self, source: str) -> dict[str, DocumentRow]:
-        """Every known document of a source that still exists on disk, by path."""
-        query = _document_rows().where(documents.c.source == source, documents.c.status != "deleted")
-        with self.engine.connect() as connection:
-            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
-
-    def record_scan(
-        self,
-        source: str,
-        changed: Sequence[ObservedFile],
-        touched: Sequence[ObservedFile],
-        moved: Sequence[tuple[str, str]],
-        deleted: Sequence[str],
-    ) -> int:
-        """Apply what a scan found in one transaction; return the number of change events.
-
-        changed: new or different content. touched: same content, new size/mtime.
-        moved: (old path, new path) with identical content. deleted: paths gone from disk.
-        """
-        now = utc_now()
-        events = 0
-        with self.engine.begin() as connection:
-            by_path = {
-                row.path: row
-                for row in connection.execute(
-                    select(documents.c.id, documents.c.path, documents.c.status).where(
-                        documents.c.source == source
-                    )
-                )
-            }
-            for old_path, new_path in moved:
-                stale = by_path.get(new_path)
-                if stale is not None:
-                    purge_document(connection, stale.id)
-                connection.execute(
-                    update(documents)
-                    .where(documents.c.source == source, documents.c.path == old_path)
-                    .values(path=new_path, updated_at=now)
-                )
-            for observed in touched:
-                connection.execute(
-                    update(documents)
-                    .where(documents.c.source == source, documents.c.path == observed.path)
-                    .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
-                )
-            for path in deleted:
-                row = by_path[path]
-                connection.execute(
-                    update(documents)
-                    .where(documents.c.id == row.id)
-                    .values(status="deleted", updated_at=now)
-                )
-                events += record_change(connection, source, row.id, 0, now)
-            taken = {row.id for row in by_path.values()}
-            for observed in changed:
-                row = by_path.get(observed.path)
-                values = dict(
-                    size=observed.size, mtime_ns=observed.mtime_ns, disk_hash=observed.disk_hash,
-                    updated_at=now,
-                )
-                if row is None:
-                    document_id = new_document_id(source, observed.path, taken)
-                    taken.add(document_id)
-                    connection.execute(
-                        insert(documents).values(
-                            id=document_id, source=source, path=observed.path,
-                            shard_key=shard_key_of(document_id), status="pending", **values,
-                        )
-                    )
-                else:
-                    document_id = row.id
-                    if row.status == "deleted":
-                        values["status"] = "pending"
-                    connection.execute(
-                        update(documents).where(documents.c.id == document_id).values(**values)
-                    )
-                events += record_change(connection, source, document_id, observed.size, now)
-        return events
-
-    def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
-        """Shards where a source's documents still have work for the ingest job at any step."""
-        by_document = select((documents.c.shard_key % shards).label("shard")).where(
-            documents.c.source == source, needs_processing() | needs_chunking(settings_key)
-        )
-        by_chunk = (
-            select((documents.c.shard_key % shards).label("shard"))
-            .join(chunks, chunks.c.document_id == documents.c.id)
-            .where(documents.c.source == source, lacks_embedding(model_id))
-        )
-        with self.engine.connect() as connection:
-            return set(connection.execute(union(by_document, by_chunk)).scalars())
-
-    def documents_at(self, source: str, paths: Iterable[str]) -> dict[str, DocumentRow]:
-        """Known, undeleted documents of a source at exactly these paths."""
-        found: dict[str, DocumentRow] = {}
-        with self.engine.connect() as connection:
-            for batch in batches(sorted(paths), 500):
-                query = _document_rows().where(
-                    documents.c.source == source, documents.c.status != "deleted", documents.c.path.in_(batch)
-                )
-                found.update({row.path: DocumentRow(*row) for row in connection.execute(query)})
-        return found
-
-    def documents_under(self, source: str, folder: str) -> dict[str, DocumentRow]:
-        """Known, undeleted documents of a source inside a folder (relative, / separated)."""
-        query = _document_rows().where(
-            documents.c.source == source,
-            documents.c.status != "deleted",
-            documents.c.path.startswith(folder.rstrip("/") + "/", autoescape=True),
-        )
-        with self.engine.connect() as connection:
-            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
-
-    def pending_changes(self, source: str, after_change_id: int, shards: int) -> PendingChange:
-        """Changes of a source newer than a sensor cursor, summed by shard."""
-        query = (
-            select(changes.c.id, changes.c.size, documents.c.shard_key)
-            .join(documents, documents.c.id == changes.c.document_id)
-            .where(changes.c.source == source, changes.c.id > after_change_id)
-        )
-        last, by_shard = after_change_id, {}
-        with self.engine.connect() as connection:
-            for change_id, size, shard_key in connection.execute(query):
-                last = max(last, change_id)
-                shard = shard_key % shards
-                by_shard[shard] = by_shard.get(shard, 0) + size
-        return PendingChange(last, by_shard)
-
-    def forget_changes(self, source: str, up_to_change_id: int) -> None:
-        """Drop change events a sensor has turned into run requests."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                delete(changes).where(changes.c.source == source, changes.c.id <= up_to_change_id)
-            )
-
-    # --- documents, as the documents asset processes them --------------------------------
-
     def unprocessed_documents(self, shard: int, shards: int) -> list[DocumentRow]:
         """Documents of a shard whose disk state is newer than what was processed."""
-        query = _document_rows().where(documents.c.shard_key % shards == shard, needs_processing())
+        query = document_rows().where(documents.c.shard_key % shards == shard, needs_processing())
         with self.engine.connect() as connection:
             return [DocumentRow(*row) for row in connection.execute(query)]
 
@@ -197,9 +54,7 @@ class Store:
     def quarantine_document(self, document_id: str, read_hash: str, reason: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
-        self._set_processed(
-            document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None
-        )
+        self._set_processed(document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None)
 
     def purge_document(self, document_id: str) -> None:
         """Remove a deleted document and its chunks; its vectors become tombstones."""
@@ -254,8 +109,11 @@ class Store:
                 else:
                     inserted.append(
                         dict(
-                            document_id=document_id, ordinal=chunk.ordinal, chunk_hash=chunk.chunk_hash,
-                            text=chunk.text, token_count=chunk.token_count,
+                            document_id=document_id,
+                            ordinal=chunk.ordinal,
+                            chunk_hash=chunk.chunk_hash,
+                            text=chunk.text,
+                            token_count=chunk.token_count,
                         )
                     )
             leftover = [chunk_id for ids in existing.values() for chunk_id in ids]
@@ -317,7 +175,10 @@ class Store:
             for batch in batches(wanted, 5000):
                 query = (
                     select(chunks.c.id, embeddings.c.vector)
-                    .join(embeddings, (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id))
+                    .join(
+                        embeddings,
+                        (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id),
+                    )
                     .where(chunks.c.id.in_(batch))
                     .order_by(chunks.c.id)
                 )
@@ -335,8 +196,12 @@ class Store:
             return {}
         query = (
             select(
-                chunks.c.id, chunks.c.document_id, documents.c.source, documents.c.path,
-                chunks.c.ordinal, chunks.c.text,
+                chunks.c.id,
+                chunks.c.document_id,
+                documents.c.source,
+                documents.c.path,
+                chunks.c.ordinal,
+                chunks.c.text,
             )
             .join(documents, documents.c.id == chunks.c.document_id)
             .where(chunks.c.id.in_([int(chunk_id) for chunk_id in chunk_ids]), documents.c.status == "active")
@@ -377,15 +242,6 @@ class Store:
             query = query.where(documents.c.source == source)
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query.order_by(documents.c.path))]
-
-
-
-
-def _document_rows():
-    return select(
-        documents.c.id, documents.c.source, documents.c.path, documents.c.size,
-        documents.c.mtime_ns, documents.c.disk_hash, documents.c.status,
-    )
 
 
 @functools.cache

@@ -94,8 +94,14 @@ class ShardedIndex:
             digest = file_sha256(folder / index_file)
         _write_atomically(folder / ids_file, lambda tmp: _save_ids(tmp, chunk_ids))
         meta = IndexVersion(
-            version=version, model_id=model_id, dimension=dimension, items=int(len(chunk_ids)),
-            index_file=index_file, ids_file=ids_file, index_sha256=digest, built_at=time.time(),
+            version=version,
+            model_id=model_id,
+            dimension=dimension,
+            items=int(len(chunk_ids)),
+            index_file=index_file,
+            ids_file=ids_file,
+            index_sha256=digest,
+            built_at=time.time(),
         )
         failpoint("index.before_swap")
         _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
@@ -110,7 +116,10 @@ class ShardedIndex:
             if meta is None:
                 return None
             try:
-                return _load_version(str(self.shard_dir(shard)), meta)
+                loaded = _load_version(str(self.shard_dir(shard)), meta)
+                if meta.items and not (self.shard_dir(shard) / meta.index_file).exists():
+                    raise IndexCorrupt(f"shard {shard}: {meta.index_file} was deleted")
+                return loaded
             except FileNotFoundError:
                 continue  # swapped and cleaned up between reading the pointer and opening
             except (OSError, ValueError) as error:

@@ -107,7 +107,9 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
 
 def _unfinished_work(context, manifest, source, grace_store, embedder, requested: set[int]) -> list[RunRequest]:
     """Shards with work left by a run that died, and no ingest run queued or running."""
-    chunker = shared_chunker(embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens)
+    chunker = shared_chunker(
+        embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens
+    )
     stuck = grace_store.shards_needing_ingest(
         source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
     )

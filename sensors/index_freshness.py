@@ -12,12 +12,13 @@ from dagster import (
 from grace.manifest import Manifest
 from pipelines import REBUILD_JOB
 from pipelines.index import rebuild_tags
-from sensors.folder import TICK_SECONDS
-from sensors.runs import run_in_flight
 from resources.embedder import EmbedderResource
 from resources.search import shard_view, stale_fraction
 from resources.store import StoreResource
 from resources.vector_index import VectorIndexResource
+from sensors.folder import TICK_SECONDS
+from sensors.runs import run_in_flight
+
 
 def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     threshold = manifest.index.rebuild.when_stale_fraction
@@ -39,7 +40,11 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
         requests = []
         for shard in range(index.shards):
             view = shard_view(grace_store, index, shard, model_id)
-            counts = {"pending": len(view.pending), "tombstoned": len(view.tombstoned), "total_embeddings": len(view.searchable)}
+            counts = {
+                "pending": len(view.pending),
+                "tombstoned": len(view.tombstoned),
+                "total_embeddings": len(view.searchable),
+            }
             fraction = stale_fraction(counts)
             if fraction < threshold or run_in_flight(context.instance, REBUILD_JOB, shard):
                 continue

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from stat import S_ISREG
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 
 from grace.manifest import SourceConfig
 from pipelines.reading import content_hash
-from resources.store import DocumentRow, ObservedFile, Store
+from resources.schema import DocumentRow, ObservedFile
+from resources.store import Store
 
 
 @lru_cache(maxsize=256)
@@ -95,9 +96,7 @@ class ScanResult:
         return not (self.changed or self.touched or self.moved or self.deleted)
 
 
-def diff_folder(
-    source: SourceConfig, known: dict[str, DocumentRow], on_disk: dict[str, os.stat_result]
-) -> ScanResult:
+def diff_folder(source: SourceConfig, known: dict[str, DocumentRow], on_disk: dict[str, os.stat_result]) -> ScanResult:
     """What differs between the store's view of a source and the folder.
 
     Size and mtime unchanged means unchanged; otherwise the content hash decides. A new

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from dagster import AssetSelection, DagsterInstance, build_sensor_context, materialize
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
 
-from grace.manifest import load_manifest
 from grace.definitions import build_definitions
+from grace.manifest import load_manifest
 from resources.search import Searcher, index_stats
 from resources.store import Store
 from resources.vector_index import ShardedIndex
@@ -73,7 +73,7 @@ class Deployment:
         context = build_sensor_context(
             instance=self.instance, cursor=self.cursors.get(sensor_name), resources=self.resources
         )
-        result = self.defs.get_sensor_def(sensor_name)(context)
+        result = self.defs.resolve_sensor_def(sensor_name)(context)
         self.cursors[sensor_name] = result.cursor
         return list(result.run_requests or [])
 
@@ -84,19 +84,33 @@ class Deployment:
         return self._materialize(REBUILD, shard)
 
     def sync(self, rebuild: bool = True) -> list:
-        """Tick every folder sensor, run what they ask for, then rebuild every shard."""
+        """Tick every folder sensor, run what they ask for, then rebuild every shard.
+
+        last_embedded counts the chunk texts the ingest runs sent to the model.
+        """
         requests = [request for source in self.manifest.sources for request in self.tick(f"watch_{source.name}")]
+        self.last_embedded = 0
         for request in requests:
-            assert self.ingest(int(request.partition_key)).success
+            result = self.ingest(int(request.partition_key))
+            assert result.success
+            for event in result.get_asset_materialization_events():
+                if event.asset_key == AssetKey("embeddings"):
+                    self.last_embedded += event.materialization.metadata["embedded"].value
         if rebuild:
             for shard in range(self.manifest.index.shards):
                 assert self.rebuild(shard).success
         return requests
 
-    def check(self, name: str = "index_matches_store"):
-        """Run one rebuild of shard 0 and return the named check's evaluation."""
-        result = self.rebuild(0)
-        return next(check for check in result.get_asset_check_evaluations() if check.check_name == name)
+    def check(self):
+        """Run the index_matches_store check on its own, as the UI's "Execute" does."""
+        result = materialize(
+            [*self.defs.assets, *self.defs.asset_checks],
+            selection=AssetSelection.checks(AssetCheckKey(AssetKey("vector_index"), "index_matches_store")),
+            resources=self.resources,
+            instance=self.instance,
+        )
+        [evaluation] = result.get_asset_check_evaluations()
+        return evaluation
 
     def snapshot(self) -> dict:
         """Everything a rerun must reproduce, independent of row ids and timing."""
@@ -107,7 +121,9 @@ class Deployment:
             hits.update(store.chunk_hits([int(i) for i in ids]))
         chunk_ids = sorted(hits)
         _ids, vectors = store.vectors_of(chunk_ids, model.model_id)
-        rows = sorted(zip(((hits[i].path, hits[i].ordinal, hits[i].text) for i in chunk_ids), vectors), key=lambda row: row[0])
+        rows = sorted(
+            zip(((hits[i].path, hits[i].ordinal, hits[i].text) for i in chunk_ids), vectors), key=lambda row: row[0]
+        )
         chunks = [key for key, _vector in rows]
         matrix = np.array([vector for _key, vector in rows])
         totals = self.stats()["total"]
@@ -118,7 +134,13 @@ class Deployment:
             for i in loaded.chunk_ids
             if int(i) in hits
         )
-        return {"chunks": chunks, "vectors": matrix, "indexed": indexed, "quarantined": store.quarantined(), "stats": totals}
+        return {
+            "chunks": chunks,
+            "vectors": matrix,
+            "indexed": indexed,
+            "quarantined": store.quarantined(),
+            "stats": totals,
+        }
 
     def search(self, query: str, k: int = 5):
         return Searcher(self.store, self.index, self.embedder).search(query, k)

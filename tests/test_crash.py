@@ -21,7 +21,9 @@ def corpus() -> dict[str, str]:
 
 def run(root: Path, kind: str, failpoint: str | None = None) -> int:
     environment = {**os.environ, "GRACE_FAILPOINT": failpoint or ""}
-    return subprocess.run([sys.executable, str(RUNNER), str(root), kind], env=environment, capture_output=True).returncode
+    return subprocess.run(
+        [sys.executable, str(RUNNER), str(root), kind], env=environment, capture_output=True
+    ).returncode
 
 
 def prepared(root: Path) -> Path:

@@ -12,6 +12,9 @@ import yaml
 from dagster import DagsterInstance
 
 from grace.devserver import DevServer, free_port, group_alive
+from pipelines.ingest import shared_chunker
+from resources.embedder import Embedder
+from resources.store import Store
 
 DOCUMENTS = {
     "volcano.txt": "Lava poured from the erupting volcano and ash clouds closed the airport.",
@@ -38,9 +41,7 @@ def wait_for(condition, timeout: float, every: float = 2.0):
 def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
     manifest = tmp_path / "grace.yaml"
     manifest.write_text(
-        "state_dir: state\n"
-        "sources:\n  - {name: documents, path: inbox/documents}\n"
-        "index: {shards: 2, trees: 10}\n"
+        "state_dir: state\nsources:\n  - {name: documents, path: inbox/documents}\nindex: {shards: 2, trees: 10}\n"
     )
     home = tmp_path / "dagster_home"
     inbox = tmp_path / "inbox" / "documents"
@@ -58,7 +59,9 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
             return stats if stats["indexed_embeddings"] == len(DOCUMENTS) and stats["index_coverage"] == 1.0 else None
 
         wait_for(indexed_everything, timeout=240)
-        result = grace("search", "an eruption disrupted flights", "-k", "2", "--json", "-c", str(manifest), cwd=tmp_path)
+        result = grace(
+            "search", "an eruption disrupted flights", "-k", "2", "--json", "-c", str(manifest), cwd=tmp_path
+        )
         hits = json.loads(result.stdout)
         assert hits[0]["path"] == "volcano.txt" and hits[0]["source"] == "documents"
         assert hits[0]["text"] == DOCUMENTS["volcano.txt"]
@@ -69,4 +72,29 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
         assert all(int(run.tags["grace/data_size_bytes"]) > 0 for run in ingest_runs)
         assert {run.tags["dagster/partition"] for run in ingest_runs} <= {"0", "1"}
         instance.dispose()
+
+        # watchdog events in the code server drive the next ticks: delete, rename, edit
+        (inbox / "volcano.txt").unlink()
+        (inbox / "notes" / "chess.md").rename(inbox / "chess-final.md")
+        (inbox / "recipe.txt").write_text("Roast the peppers and blend them into a smoky soup.")
+
+        store = Store(f"sqlite:///{tmp_path / 'state' / 'grace.db'}")
+        model = Embedder()
+        settings = shared_chunker(model.tokenizer_file, 256, 32).settings_key
+
+        def changes_applied():
+            stats = json.loads(grace("stats", "--json", "-c", str(manifest), cwd=tmp_path).stdout)["total"]
+            settled = (
+                stats["documents_active"] == 2 and stats["documents_deleted"] == 0 and stats["index_coverage"] == 1.0
+            )
+            work_left = any(store.unprocessed_documents(shard, 2) for shard in range(2))
+            rechunk = store.shards_needing_ingest("documents", 2, settings, model.model_id)
+            return settled and not work_left and not rechunk
+
+        wait_for(changes_applied, timeout=240)
+        result = grace("search", "lava and ash", "-k", "3", "--json", "-c", str(manifest), cwd=tmp_path)
+        paths = [hit["path"] for hit in json.loads(result.stdout)]
+        assert "volcano.txt" not in paths and "chess-final.md" in paths and "recipe.txt" in paths
+        texts = [hit["text"] for hit in json.loads(result.stdout)]
+        assert DOCUMENTS["recipe.txt"] not in texts
     assert not group_alive(group), "every process grace dev started is stopped"

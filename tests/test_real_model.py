@@ -86,3 +86,23 @@ def test_importing_the_code_location_stays_light(tmp_path):
     )
     environment = {**os.environ, "GRACE_CONFIG": str(tmp_path / "grace.yaml")}
     subprocess.run([sys.executable, "-c", probe], check=True, env=environment, cwd=tmp_path)
+
+
+def test_incremental_sync_on_the_real_model(deployment):
+    inbox = deployment.inbox
+    (inbox / "baking.md").write_text("Whisk eggs and sugar, fold in flour, and bake the sponge cake for 25 minutes.")
+    (inbox / "boats").mkdir()
+    (inbox / "sailing.md").rename(inbox / "boats" / "sailing.md")
+    (inbox / "football.txt").unlink()
+    (inbox / "copy-of-medicine.txt").write_text(CORPUS["medicine.txt"])
+    deployment.sync(rebuild=False)
+    assert deployment.last_embedded == 1, "only the edited text is new to the model"
+    assert deployment.search("making a cake dessert", k=1)[0].path == "baking.md"
+    assert "bread" not in " ".join(hit.text for hit in deployment.search("how do I make bread at home", k=6))
+    assert deployment.search("steering a boat into the wind", k=1)[0].path == "boats/sailing.md"
+    assert all(hit.path != "football.txt" for hit in deployment.search("a soccer goal decided the championship", k=6))
+    doctor = {hit.path for hit in deployment.search("doctor changed the heart medication", k=2)}
+    assert doctor == {"medicine.txt", "copy-of-medicine.txt"}
+    for shard in range(2):
+        deployment.rebuild(shard)
+    assert deployment.check().passed

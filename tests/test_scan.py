@@ -8,7 +8,8 @@ import pytest
 
 from grace.manifest import SourceConfig
 from resources.store import Store
-from sensors.scan import glob_regex, list_files, reconcile as scan_source
+from sensors.scan import glob_regex, list_files
+from sensors.scan import reconcile as scan_source
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,161 @@
+"""What the sensors know about files: documents as last seen on disk, and change events."""
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Engine, delete, insert, select, union, update
+
+from resources.schema import (
+    DocumentRow,
+    ObservedFile,
+    PendingChange,
+    batches,
+    changes,
+    chunks,
+    document_rows,
+    documents,
+    lacks_embedding,
+    needs_chunking,
+    needs_processing,
+    new_document_id,
+    purge_document,
+    record_change,
+    shard_key_of,
+    utc_now,
+)
+
+
+class Ledger:
+    """The sensor side of the store; Store adds what the pipeline steps read and write."""
+
+    engine: Engine
+
+    def documents_of(self, source: str) -> dict[str, DocumentRow]:
+        """Every known document of a source that still exists on disk, by path."""
+        query = document_rows().where(documents.c.source == source, documents.c.status != "deleted")
+        with self.engine.connect() as connection:
+            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
+
+    def record_scan(
+        self,
+        source: str,
+        changed: Sequence[ObservedFile],
+        touched: Sequence[ObservedFile],
+        moved: Sequence[tuple[str, str]],
+        deleted: Sequence[str],
+    ) -> int:
+        """Apply what a scan found in one transaction; return the number of change events.
+
+        changed: new or different content. touched: same content, new size/mtime.
+        moved: (old path, new path) with identical content. deleted: paths gone from disk.
+        """
+        now = utc_now()
+        events = 0
+        involved = {path for pair in moved for path in pair} | set(deleted) | {o.path for o in [*changed, *touched]}
+        with self.engine.begin() as connection:
+            by_path = {}
+            for batch in batches(sorted(involved), 500):
+                query = select(documents.c.id, documents.c.path, documents.c.status).where(
+                    documents.c.source == source, documents.c.path.in_(batch)
+                )
+                by_path.update({row.path: row for row in connection.execute(query)})
+            for old_path, new_path in moved:
+                stale = by_path.get(new_path)
+                if stale is not None:
+                    purge_document(connection, stale.id)
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.source == source, documents.c.path == old_path)
+                    .values(path=new_path, updated_at=now)
+                )
+            for observed in touched:
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.source == source, documents.c.path == observed.path)
+                    .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
+                )
+            for path in deleted:
+                row = by_path[path]
+                connection.execute(
+                    update(documents).where(documents.c.id == row.id).values(status="deleted", updated_at=now)
+                )
+                events += record_change(connection, source, row.id, 0, now)
+            for observed in changed:
+                row = by_path.get(observed.path)
+                values = dict(
+                    size=observed.size, mtime_ns=observed.mtime_ns, disk_hash=observed.disk_hash, updated_at=now
+                )
+                if row is None:
+                    document_id = new_document_id(connection, source, observed.path)
+                    connection.execute(
+                        insert(documents).values(
+                            id=document_id,
+                            source=source,
+                            path=observed.path,
+                            shard_key=shard_key_of(document_id),
+                            status="pending",
+                            **values,
+                        )
+                    )
+                else:
+                    document_id = row.id
+                    if row.status == "deleted":
+                        values["status"] = "pending"
+                    connection.execute(update(documents).where(documents.c.id == document_id).values(**values))
+                events += record_change(connection, source, document_id, observed.size, now)
+        return events
+
+    def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
+        """Shards where a source's documents still have work for the ingest job at any step."""
+        by_document = select((documents.c.shard_key % shards).label("shard")).where(
+            documents.c.source == source, needs_processing() | needs_chunking(settings_key)
+        )
+        by_chunk = (
+            select((documents.c.shard_key % shards).label("shard"))
+            .join(chunks, chunks.c.document_id == documents.c.id)
+            .where(documents.c.source == source, lacks_embedding(model_id))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(union(by_document, by_chunk)).scalars())
+
+    def documents_at(self, source: str, paths: Iterable[str]) -> dict[str, DocumentRow]:
+        """Known, undeleted documents of a source at exactly these paths."""
+        found: dict[str, DocumentRow] = {}
+        with self.engine.connect() as connection:
+            for batch in batches(sorted(paths), 500):
+                query = document_rows().where(
+                    documents.c.source == source, documents.c.status != "deleted", documents.c.path.in_(batch)
+                )
+                found.update({row.path: DocumentRow(*row) for row in connection.execute(query)})
+        return found
+
+    def documents_under(self, source: str, folder: str) -> dict[str, DocumentRow]:
+        """Known, undeleted documents of a source inside a folder (relative, / separated)."""
+        query = document_rows().where(
+            documents.c.source == source,
+            documents.c.status != "deleted",
+            documents.c.path.startswith(folder.rstrip("/") + "/", autoescape=True),
+        )
+        with self.engine.connect() as connection:
+            return {row.path: DocumentRow(*row) for row in connection.execute(query)}
+
+    def pending_changes(self, source: str, after_change_id: int, shards: int) -> PendingChange:
+        """Changes of a source newer than a sensor cursor, summed by shard."""
+        query = (
+            select(changes.c.id, changes.c.size, documents.c.shard_key)
+            .join(documents, documents.c.id == changes.c.document_id)
+            .where(changes.c.source == source, changes.c.id > after_change_id)
+        )
+        last, by_shard = after_change_id, {}
+        with self.engine.connect() as connection:
+            for change_id, size, shard_key in connection.execute(query):
+                last = max(last, change_id)
+                shard = shard_key % shards
+                by_shard[shard] = by_shard.get(shard, 0) + size
+        return PendingChange(last, by_shard)
+
+    def forget_changes(self, source: str, up_to_change_id: int) -> None:
+        """Drop change events a sensor has turned into run requests."""
+        with self.engine.begin() as connection:
+            connection.execute(delete(changes).where(changes.c.source == source, changes.c.id <= up_to_change_id))
+
+    # --- documents, as the documents asset processes them --------------------------------
