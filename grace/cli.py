@@ -149,6 +149,8 @@ def _stats(args: argparse.Namespace) -> int:
     for row in [*stats["shards"], {"shard": "all", **stats["total"]}]:
         cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
         print(f"{row['shard']!s:>5}  " + "  ".join(cell.rjust(len(c)) for cell, c in zip(cells, columns)))
+    for item in stats["quarantined"]:
+        print(f"quarantined {item['source']}/{item['path']}: {item['reason']}")
     return 0
 
 

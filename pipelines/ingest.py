@@ -97,11 +97,12 @@ def build_ingest_assets(
         )
         shard = int(context.partition_key)
         rechunked, inserted, largest = 0, 0, 0
-        for document_id, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
+        for document_id, text_hash, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
             pieces = chunker.split(text)
             largest = max([largest] + [piece.token_count for piece in pieces])
             inserted += grace_store.replace_chunks(
                 document_id,
+                text_hash,
                 [NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)],
                 chunker.settings_key,
             )

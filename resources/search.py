@@ -126,7 +126,8 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
     total["stale_fraction"] = stale_fraction(total)
     for row in shards:
         row["stale_fraction"] = stale_fraction(row)
-    return {"model_id": model_id, "shards": shards, "total": total}
+    quarantined = [{"source": source, "path": path, "reason": reason} for source, path, reason in store.quarantined()]
+    return {"model_id": model_id, "shards": shards, "total": total, "quarantined": quarantined}
 
 
 def stale_fraction(counts: dict) -> float:

@@ -49,49 +49,42 @@ class Store(Ledger):
             return [DocumentRow(*row) for row in connection.execute(query)]
 
     def set_document_text(self, document_id: str, read_hash: str, text: str) -> None:
-        self._set_processed(document_id, read_hash, status="active", reason=None, text=text)
+        with self.engine.begin() as connection:
+            _set_processed(connection, document_id, read_hash, status="active", reason=None, text=text)
 
     def quarantine_document(self, document_id: str, read_hash: str, reason: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
-        self._set_processed(document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None)
+            _set_processed(
+                connection, document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None
+            )
 
     def purge_document(self, document_id: str) -> None:
         """Remove a deleted document and its chunks; its vectors become tombstones."""
         with self.engine.begin() as connection:
             purge_document(connection, document_id)
 
-    def _set_processed(self, document_id: str, read_hash: str, **values: object) -> None:
-        # A deletion the sensor recorded while the file was being read wins.
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(documents)
-                .where(documents.c.id == document_id, documents.c.status != "deleted")
-                .values(processed_hash=read_hash, updated_at=utc_now(), **values)
-            )
-
     # --- chunks -------------------------------------------------------------------------
 
-    def documents_to_chunk(self, shard: int, shards: int, settings_key: str) -> list[tuple[str, str]]:
-        """(document id, text) of active documents whose chunks are out of date, by id."""
+    def documents_to_chunk(self, shard: int, shards: int, settings_key: str) -> list[tuple[str, str, str]]:
+        """(document id, text hash, text) of active documents whose chunks are out of date, by id."""
         query = (
-            select(documents.c.id, documents.c.text)
+            select(documents.c.id, documents.c.processed_hash, documents.c.text)
             .where(documents.c.shard_key % shards == shard, needs_chunking(settings_key))
             .order_by(documents.c.id)
         )
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query)]
 
-    def replace_chunks(self, document_id: str, new_chunks: Sequence[NewChunk], settings_key: str) -> int:
-        """Make a document's chunks exactly new_chunks, keeping rows whose text is unchanged.
+    def replace_chunks(
+        self, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str
+    ) -> int:
+        """Make a document's chunks exactly new_chunks, cut from the text with text_hash.
 
-        Returns how many chunk rows were inserted. Kept rows keep their ids, so their
-        vectors stay valid in the built index.
+        Rows whose text is unchanged are kept with their ids, so their vectors stay valid
+        in the built index. Returns how many chunk rows were inserted.
         """
         with self.engine.begin() as connection:
-            processed_hash = connection.execute(
-                select(documents.c.processed_hash).where(documents.c.id == document_id)
-            ).scalar_one()
             existing: dict[str, list[int]] = {}
             for chunk_id, chunk_hash in connection.execute(
                 select(chunks.c.id, chunks.c.chunk_hash)
@@ -124,7 +117,7 @@ class Store(Ledger):
             connection.execute(
                 update(documents)
                 .where(documents.c.id == document_id)
-                .values(chunked_hash=processed_hash, chunk_settings=settings_key)
+                .values(chunked_hash=text_hash, chunk_settings=settings_key)
             )
         return len(inserted)
 
@@ -242,6 +235,15 @@ class Store(Ledger):
             query = query.where(documents.c.source == source)
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query.order_by(documents.c.path))]
+
+
+def _set_processed(connection, document_id: str, read_hash: str, **values: object) -> None:
+    # A deletion the sensor recorded while the file was being read wins.
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id, documents.c.status != "deleted")
+        .values(processed_hash=read_hash, updated_at=utc_now(), **values)
+    )
 
 
 @functools.cache

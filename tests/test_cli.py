@@ -46,8 +46,14 @@ def test_stats_reports_every_figure_per_shard_and_total(deployment, capsys):
     assert total["total_embeddings"] == 2 and total["indexed_embeddings"] == 2 and total["pending"] == 0
     assert total["index_coverage"] == 1.0 and total["documents_quarantined"] == 1
     assert sum(row["total_embeddings"] for row in stats["shards"]) == 2
+    assert stats["quarantined"] == [
+        {"source": "docs", "path": "broken.txt", "reason": stats["quarantined"][0]["reason"]}
+    ]
+    assert "not UTF-8" in stats["quarantined"][0]["reason"]
     code, out, _ = run(capsys, "stats", "-c", str(deployment.root / "grace.yaml"))
-    assert code == 0 and out.splitlines()[0].startswith("shard") and out.splitlines()[-1].split()[0] == "all"
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("shard") and lines[-2].split()[0] == "all"
+    assert lines[-1].startswith("quarantined docs/broken.txt: not UTF-8")
 
 
 @pytest.mark.parametrize(

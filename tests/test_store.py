@@ -28,7 +28,7 @@ def add_active(store: Store, path: str, texts: list[str]) -> str:
     store.record_scan("docs", [observed(path, f"hash-{path}")], [], [], [])
     document_id = store.documents_of("docs")[path].id
     store.set_document_text(document_id, f"hash-{path}", " ".join(texts))
-    store.replace_chunks(document_id, [chunk(i, t) for i, t in enumerate(texts)], "settings")
+    store.replace_chunks(document_id, f"hash-{path}", [chunk(i, t) for i, t in enumerate(texts)], "settings")
     return document_id
 
 
@@ -71,7 +71,8 @@ def test_replacing_chunks_keeps_unchanged_rows(store):
     before = store.chunk_hits(list(range(1, 10)))
     assert len(before) == 3
     ids_by_text = {hit.text: hit.chunk_id for hit in before.values()}
-    inserted = store.replace_chunks(document_id, [chunk(0, "two"), chunk(1, "four"), chunk(2, "three")], "settings")
+    new_chunks = [chunk(0, "two"), chunk(1, "four"), chunk(2, "three")]
+    inserted = store.replace_chunks(document_id, "hash-a.txt", new_chunks, "settings")
     after = {hit.text: hit for hit in store.chunk_hits(list(range(1, 10))).values()}
     assert inserted == 1 and set(after) == {"two", "four", "three"}
     assert after["two"].chunk_id == ids_by_text["two"] and after["two"].ordinal == 0
