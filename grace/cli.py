@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from grace.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
+from grace.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,22 +101,14 @@ def _dev(args: argparse.Namespace) -> int:
     os.execvpe(command[0], command, environment)
 
 
-def _services(manifest: Manifest):
-    """The same services the Dagster resources give the pipeline."""
-    from resources import build_resources
-
-    resources = build_resources(manifest)
-    return resources["store"].get(), resources["vector_index"].get(), resources["embedder"].get()
-
-
 def _search(args: argparse.Namespace) -> int:
-    from resources.search import Searcher, hit_dict
+    from grace.api import search
+    from resources.search import hit_dict
 
     if not args.query.strip():
         print("grace search: the query is empty; pass some words to search for", file=sys.stderr)
         return 2
-    store, index, embedder = _services(load_manifest(args.config))
-    hits = Searcher(store, index, embedder).search(args.query, args.k)
+    hits = search(args.query, args.k, args.config)
     if args.json:
         print(json.dumps([hit_dict(hit) for hit in hits], indent=1))
         return 0
@@ -129,10 +121,9 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from resources.search import index_stats
+    from grace.api import stats as grace_stats
 
-    store, index, embedder = _services(load_manifest(args.config))
-    stats = index_stats(store, index, embedder.model_id)
+    stats = grace_stats(args.config)
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0

@@ -106,3 +106,11 @@ def test_incremental_sync_on_the_real_model(deployment):
     for shard in range(2):
         deployment.rebuild(shard)
     assert deployment.check().passed
+
+
+def test_python_search_function(deployment):
+    from grace.api import search, stats
+
+    config = deployment.root / "grace.yaml"
+    assert search("how do I make bread at home", k=1, config=config)[0].path == "baking.md"
+    assert stats(config)["total"]["total_embeddings"] == len(CORPUS)
