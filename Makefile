@@ -1,5 +1,5 @@
 # Quick start: `make dev` serves Grace; `make test` runs the whole suite. Both install first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -21,3 +21,4 @@ $(VENV)/.installed: pyproject.toml
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/sync.py

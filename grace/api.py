@@ -1,8 +1,8 @@
 """Grace from Python: the same search and stats as the CLI, for a manifest file.
 
-    from grace.api import search
-    for hit in search("what changed in the Q3 numbers", k=3):
-        print(hit.score, hit.path, hit.text)
+from grace.api import search
+for hit in search("what changed in the Q3 numbers", k=3):
+    print(hit.score, hit.path, hit.text)
 """
 
 from __future__ import annotations

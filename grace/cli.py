@@ -88,11 +88,11 @@ def _dev(args: argparse.Namespace) -> int:
     for source in manifest.sources:
         source.path.mkdir(parents=True, exist_ok=True)
     home = Path(os.environ.get("DAGSTER_HOME") or manifest.dagster_home)
-    render_instance(manifest, home)
+    workspace = render_instance(manifest, home, manifest_path.parent)
     environment = {**os.environ, **OFFLINE_ENVIRONMENT, "DAGSTER_HOME": str(home), "GRACE_CONFIG": str(manifest_path)}
     port = args.port or manifest.daemon.port
     dagster = str(Path(sys.executable).with_name("dagster"))
-    command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-m", "grace.definitions"]
+    command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-w", str(workspace)]
     watched = ", ".join(str(source.path) for source in manifest.sources) or "no folders (add sources to grace.yaml)"
     print(f"grace: watching {watched}; UI on http://{manifest.daemon.host}:{port}", flush=True)
     # A shell that ignores SIGINT would pass that on, and dagster dev copies it to SIGTERM.

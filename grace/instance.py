@@ -1,4 +1,4 @@
-"""Render the Dagster instance (DAGSTER_HOME/dagster.yaml) from grace.yaml; never edit it by hand."""
+"""Render the Dagster instance (DAGSTER_HOME/dagster.yaml and workspace.yaml) from grace.yaml."""
 
 from __future__ import annotations
 
@@ -39,10 +39,21 @@ def instance_config(manifest: Manifest) -> dict:
     }
 
 
-def render_instance(manifest: Manifest, dagster_home: Path | None = None) -> Path:
-    """Write dagster.yaml into the Dagster home (state_dir/dagster_home by default)."""
-    home = Path(dagster_home or manifest.dagster_home)
-    home.mkdir(parents=True, exist_ok=True)
-    target = home / "dagster.yaml"
-    target.write_text(HEADER + yaml.safe_dump(instance_config(manifest), sort_keys=False))
+def render_instance(manifest: Manifest, dagster_home: Path, manifest_dir: Path) -> Path:
+    """Write dagster.yaml and workspace.yaml (the code location "grace") into the Dagster home."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text(HEADER + yaml.safe_dump(instance_config(manifest), sort_keys=False))
+    workspace = {
+        "load_from": [
+            {
+                "python_module": {
+                    "module_name": "grace.definitions",
+                    "location_name": "grace",
+                    "working_directory": str(manifest_dir),
+                }
+            }
+        ]
+    }
+    target = dagster_home / "workspace.yaml"
+    target.write_text(HEADER + yaml.safe_dump(workspace, sort_keys=False))
     return target

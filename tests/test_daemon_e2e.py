@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -21,6 +22,21 @@ DOCUMENTS = {
     "notes/chess.md": "She sacrificed her queen to force checkmate in three moves.",
     "recipe.txt": "Simmer the tomatoes with garlic and basil for a rich pasta sauce.",
 }
+
+
+WORKSPACE_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on RepositoryLocation { repositories {
+    assetNodes { assetKey { path } } sensors { name sensorState { status } } } } } } } } }"""
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["data"]
 
 
 def grace(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -50,6 +66,13 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
         assert inbox.is_dir(), "grace dev creates the watched folder"
         rendered = yaml.safe_load((home / "dagster.yaml").read_text())
         assert rendered["telemetry"] == {"enabled": False}
+        [location] = graphql(server.port, WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
+        assert (location["name"], location["loadStatus"]) == ("grace", "LOADED")
+        [repository] = location["locationOrLoadError"]["repositories"]
+        assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
+        assert assets == {"sources/documents", "documents", "chunks", "embeddings", "vector_index"}
+        sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
+        assert sensors == {"watch_documents": "RUNNING", "index_freshness": "RUNNING"}
         for name, text in DOCUMENTS.items():
             (inbox / name).parent.mkdir(parents=True, exist_ok=True)
             (inbox / name).write_text(text)
