@@ -43,10 +43,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         deployment = Deployment(Path(folder), None, HashingEmbedderResource(dimension=384), shards=4, max_bytes="1MB")
         for n in range(args.files):
-            deployment.drop(f"d{n // 1000:03d}/n{n:06d}.txt", f"note {n} about word{n % 997} word{n % 991} word{n % 983}")
+            deployment.drop(
+                f"d{n // 1000:03d}/n{n:06d}.txt", f"note {n} about word{n % 997} word{n % 991} word{n % 983}"
+            )
         print(f"{args.files} files, tick (discover, hash, record): {seconds(deployment.tick):.1f} s")
         ingest = [seconds(lambda s=s: deployment.ingest(s)) for s in range(4)]
-        print(f"ingest (read, chunk, embed, commit), 4 shards: {sum(ingest):.1f} s, {args.files / sum(ingest):.0f} docs/s")
+        print(
+            f"ingest (read, chunk, embed, commit), 4 shards: {sum(ingest):.1f} s, {args.files / sum(ingest):.0f} docs/s"
+        )
         rebuild = [seconds(lambda s=s: deployment.rebuild(s)) for s in range(4)]
         print(f"rebuild incl. the index_matches_store check, per shard: median {statistics.median(rebuild):.1f} s")
         freshness = deployment.defs.resolve_sensor_def("index_freshness")

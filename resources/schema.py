@@ -163,12 +163,22 @@ def needs_chunking(settings_key: str) -> ColumnElement[bool]:
     )
 
 
+def has_embedding(model_id: str) -> ColumnElement[bool]:
+    """The chunk has a vector from this model.
+
+    An EXISTS probe, not a join: joined on model_id, SQLite's planner walks every
+    embedding of the model first, which is quadratic with an IN list of chunk ids.
+    """
+    return (
+        select(embeddings.c.chunk_hash)
+        .where(embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash)
+        .exists()
+    )
+
+
 def lacks_embedding(model_id: str) -> ColumnElement[bool]:
     """A chunk of an active document with no vector from this model yet."""
-    embedded = select(embeddings.c.chunk_hash).where(
-        embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash
-    )
-    return (documents.c.status == "active") & ~embedded.exists()
+    return (documents.c.status == "active") & ~has_embedding(model_id)
 
 
 def record_change(connection, source: str, document_id: str, size: int, now: datetime) -> int:

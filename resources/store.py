@@ -21,6 +21,7 @@ from resources.schema import (
     document_rows,
     documents,
     embeddings,
+    has_embedding,
     lacks_embedding,
     make_engine,
     metadata,
@@ -153,8 +154,7 @@ class Store(Ledger):
         query = (
             select(chunks.c.id)
             .join(documents, documents.c.id == chunks.c.document_id)
-            .join(embeddings, (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id))
-            .where(documents.c.shard_key % shards == shard, documents.c.status == "active")
+            .where(documents.c.shard_key % shards == shard, documents.c.status == "active", has_embedding(model_id))
             .order_by(chunks.c.id)
         )
         with self.engine.connect() as connection:
@@ -165,19 +165,23 @@ class Store(Ledger):
         wanted = [int(chunk_id) for chunk_id in chunk_ids]
         found_ids, found_vectors = [], []
         with self.engine.connect() as connection:
+            # Two indexed look-ups per batch (ids -> hashes -> vectors) rather than one join,
+            # whose plan SQLite gets quadratically wrong.
             for batch in batches(wanted, 5000):
-                query = (
-                    select(chunks.c.id, embeddings.c.vector)
-                    .join(
-                        embeddings,
-                        (embeddings.c.chunk_hash == chunks.c.chunk_hash) & (embeddings.c.model_id == model_id),
-                    )
-                    .where(chunks.c.id.in_(batch))
-                    .order_by(chunks.c.id)
+                hash_of = dict(
+                    connection.execute(select(chunks.c.id, chunks.c.chunk_hash).where(chunks.c.id.in_(batch))).all()
                 )
-                for chunk_id, blob in connection.execute(query):
-                    found_ids.append(chunk_id)
-                    found_vectors.append(np.frombuffer(blob, dtype=np.float32))
+                vector_of = dict(
+                    connection.execute(
+                        select(embeddings.c.chunk_hash, embeddings.c.vector).where(
+                            embeddings.c.model_id == model_id, embeddings.c.chunk_hash.in_(set(hash_of.values()))
+                        )
+                    ).all()
+                )
+                for chunk_id, chunk_hash in hash_of.items():
+                    if chunk_hash in vector_of:
+                        found_ids.append(chunk_id)
+                        found_vectors.append(np.frombuffer(vector_of[chunk_hash], dtype=np.float32))
         if not found_ids:
             return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
         order = np.argsort(found_ids, kind="stable")
