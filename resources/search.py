@@ -35,9 +35,24 @@ class ShardView:
     def indexed(self) -> int:
         return len(self.searchable) - len(self.pending)
 
+    @property
+    def stale_fraction(self) -> float:
+        return stale_fraction(len(self.pending), len(self.tombstoned), len(self.searchable))
+
+
+def shard_views(store: Store, index: ShardedIndex, model_id: str) -> list[ShardView]:
+    """Every shard's view, from one pass over the store."""
+    return [
+        _view(index, shard, searchable, model_id)
+        for shard, searchable in enumerate(store.searchable_chunk_ids(index.shards, model_id))
+    ]
+
 
 def shard_view(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardView:
-    searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
+    return _view(index, shard, store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
+
+
+def _view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str) -> ShardView:
     try:
         loaded = index.load(shard)
     except IndexCorrupt:
@@ -72,8 +87,8 @@ class Searcher:
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         ids, scores = [], []
-        for shard in range(self.index.shards):
-            shard_ids, shard_scores = self._shard_candidates(shard, vector, k)
+        for view in shard_views(self.store, self.index, self.embedder.model_id):
+            shard_ids, shard_scores = self._shard_candidates(view, vector, k)
             ids.append(shard_ids)
             scores.append(shard_scores)
         all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
@@ -88,8 +103,7 @@ class Searcher:
                 )
         return results
 
-    def _shard_candidates(self, shard: int, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        view = shard_view(self.store, self.index, shard, self.embedder.model_id)
+    def _shard_candidates(self, view: ShardView, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if view.index is not None:
             ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k)
@@ -105,8 +119,8 @@ class Searcher:
 def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
     """Per-shard and total counts; every number is recomputed from the tables and index files."""
     shards = []
-    for shard in range(index.shards):
-        view = shard_view(store, index, shard, model_id)
+    for view in shard_views(store, index, model_id):
+        shard = view.shard
         counts = store.shard_counts(shard, index.shards)
         shards.append(
             {
@@ -123,18 +137,16 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
     summed_keys = [key for key, value in shards[0].items() if isinstance(value, int) and key != "shard"]
     total = {key: sum(row[key] for row in shards) for key in summed_keys}
     total["index_coverage"] = _coverage(total["indexed_embeddings"], total["total_embeddings"])
-    total["stale_fraction"] = stale_fraction(total)
-    for row in shards:
-        row["stale_fraction"] = stale_fraction(row)
+    for row in [*shards, total]:
+        row["stale_fraction"] = stale_fraction(row["pending"], row["tombstoned"], row["total_embeddings"])
     quarantined = [{"source": source, "path": path, "reason": reason} for source, path, reason in store.quarantined()]
     return {"model_id": model_id, "shards": shards, "total": total, "quarantined": quarantined}
 
 
-def stale_fraction(counts: dict) -> float:
+def stale_fraction(pending: int, tombstoned: int, total_embeddings: int) -> float:
     """Share of a shard's vectors that the index gets wrong: pending plus tombstoned."""
-    wrong = counts["pending"] + counts["tombstoned"]
-    base = counts["total_embeddings"] + counts["tombstoned"]
-    return wrong / base if base else 0.0
+    base = total_embeddings + tombstoned
+    return (pending + tombstoned) / base if base else 0.0
 
 
 def _coverage(indexed: int, total: int) -> float:

@@ -150,15 +150,20 @@ class Store(Ledger):
             connection.execute(dialect(embeddings).on_conflict_do_nothing(), rows)
 
     def embedded_chunk_ids(self, shard: int, shards: int, model_id: str) -> np.ndarray:
-        """Sorted ids of the shard's searchable chunks: active documents, embedding present."""
+        """Sorted ids of one shard's searchable chunks: active documents, embedding present."""
+        return self.searchable_chunk_ids(shards, model_id)[shard]
+
+    def searchable_chunk_ids(self, shards: int, model_id: str) -> list[np.ndarray]:
+        """Sorted searchable chunk ids of every shard, from one pass over the tables."""
         query = (
-            select(chunks.c.id)
+            select(chunks.c.id, documents.c.shard_key % shards)
             .join(documents, documents.c.id == chunks.c.document_id)
-            .where(documents.c.shard_key % shards == shard, documents.c.status == "active", has_embedding(model_id))
+            .where(documents.c.status == "active", has_embedding(model_id))
             .order_by(chunks.c.id)
         )
         with self.engine.connect() as connection:
-            return np.fromiter(connection.execute(query).scalars(), dtype=np.int64)
+            rows = np.array(connection.execute(query).all(), dtype=np.int64).reshape(-1, 2)
+        return [rows[rows[:, 1] == shard, 0] for shard in range(shards)]
 
     def vectors_of(self, chunk_ids: Iterable[int], model_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, vectors) for the given chunks that have an embedding, in id order."""

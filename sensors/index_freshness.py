@@ -13,7 +13,7 @@ from grace.manifest import Manifest
 from pipelines import REBUILD_JOB
 from pipelines.index import rebuild_tags
 from resources.embedder import EmbedderResource
-from resources.search import shard_view, stale_fraction
+from resources.search import shard_views
 from resources.store import StoreResource
 from resources.vector_index import VectorIndexResource
 from sensors.folder import TICK_SECONDS
@@ -38,18 +38,14 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     ):
         grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
         requests = []
-        for shard in range(index.shards):
-            view = shard_view(grace_store, index, shard, model_id)
-            counts = {
-                "pending": len(view.pending),
-                "tombstoned": len(view.tombstoned),
-                "total_embeddings": len(view.searchable),
-            }
-            fraction = stale_fraction(counts)
-            if fraction < threshold or run_in_flight(context.instance, REBUILD_JOB, shard):
+        for view in shard_views(grace_store, index, model_id):
+            fraction = view.stale_fraction
+            if fraction < threshold or run_in_flight(context.instance, REBUILD_JOB, view.shard):
                 continue
             requests.append(
-                RunRequest(partition_key=str(shard), tags=rebuild_tags(shard, f"stale fraction {fraction:.3f}"))
+                RunRequest(
+                    partition_key=str(view.shard), tags=rebuild_tags(view.shard, f"stale fraction {fraction:.3f}")
+                )
             )
         return requests or SkipReason(f"every shard is under {threshold:.0%} stale or already rebuilding")
 
