@@ -162,7 +162,8 @@ class Store(Ledger):
             .order_by(chunks.c.id)
         )
         with self.engine.connect() as connection:
-            rows = np.array(connection.execute(query).all(), dtype=np.int64).reshape(-1, 2)
+            flat = (value for row in connection.execute(query) for value in row)
+            rows = np.fromiter(flat, dtype=np.int64).reshape(-1, 2)
         return [rows[rows[:, 1] == shard, 0] for shard in range(shards)]
 
     def vectors_of(self, chunk_ids: Iterable[int], model_id: str) -> tuple[np.ndarray, np.ndarray]:

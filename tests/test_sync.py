@@ -6,10 +6,11 @@ import time
 
 import pytest
 from dagster import build_sensor_context
+from watchdog.events import DirDeletedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent
 
 from pipelines.chunking import Chunker
 from sensors.scan import Dirty
-from sensors.watcher import Journal, stop_watchers
+from sensors.watcher import Journal, stop_watchers, watcher_for
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment
 
@@ -102,24 +103,19 @@ def test_duplicate_content_is_found_twice_and_survives_one_deletion(deployment):
 
 def test_journal_records_what_watchdog_reports(tmp_path):
     journal = Journal(tmp_path, ["**/*.txt"])
-    event = lambda kind, path, dest="", folder=False: type(  # noqa: E731
-        "Event",
-        (),
-        {
-            "event_type": kind,
-            "src_path": str(tmp_path / path),
-            "dest_path": dest and str(tmp_path / dest),
-            "is_directory": folder,
-        },
-    )()
-    journal.on_any_event(event("created", "a.txt"))
-    journal.on_any_event(event("modified", "skip.bin"))
-    journal.on_any_event(event("moved", "b.txt", "sub/c.txt"))
-    journal.on_any_event(event("deleted", "old", folder=True))
-    journal.on_any_event(event("opened", "d.txt"))
+    at = lambda relative: str(tmp_path / relative)  # noqa: E731
+    for event in [
+        FileCreatedEvent(at("a.txt")),
+        FileModifiedEvent(at("skip.bin")),
+        FileMovedEvent(at("b.txt"), at("sub/c.txt")),
+        DirDeletedEvent(at("old")),
+        FileOpenedEvent(at("d.txt")),
+        FileCreatedEvent("/elsewhere/e.txt"),
+    ]:
+        journal.on_any_event(event)
     assert journal.drain() == Dirty(files={"a.txt", "b.txt", "sub/c.txt"}, folders={"old"})
     assert journal.drain() == Dirty()
-    journal.on_any_event(event("deleted", ".", folder=True))
+    journal.on_any_event(DirDeletedEvent(str(tmp_path)))
     assert journal.drain() is None  # the folder itself went away: only a full scan can tell
 
 
@@ -152,9 +148,9 @@ def test_watchdog_events_drive_ticks_and_reconcile_finds_missed_changes(tmp_path
     cursor = json.loads(deployment.cursors["watch_docs"])
     watcher_blind = deployment.inbox / "blind.txt"
     watcher_blind.write_text("the journal never heard of this")
-    from sensors.watcher import _watchers
-
-    next(iter(_watchers.values())).journal.drain()
+    watcher, started = watcher_for(deployment.manifest.sources[0])
+    assert not started
+    watcher.journal.drain()  # lose the event, as an inotify overflow would
     deployment.cursors["watch_docs"] = json.dumps({**cursor, "reconciled_at": 0})
     deployment.tick()
     assert "blind.txt" in deployment.store.documents_of("docs")
