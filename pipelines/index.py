@@ -96,8 +96,9 @@ def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
     @asset_check(
         asset="vector_index",
         name=CONSISTENCY_CHECK,
-        description="Every shard's index files are intact (checksum, counts, model) and hold exactly "
-        "the store's vectors: no orphan vectors, none missing. Runs with every rebuild, or on demand.",
+        description="Every shard's index files are intact (checksum, counts, model) and hold the store's "
+        "vectors: no orphan vectors, none missing, and a spread of up to 2,000 vectors per shard equal "
+        "to the store's. Runs with every rebuild, or on demand.",
     )
     def index_matches_store(
         store: StoreResource, embedder: EmbedderResource, vector_index: VectorIndexResource
