@@ -22,3 +22,4 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/scale.py

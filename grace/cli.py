@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="render the Dagster instance and run `dagster dev`")
     _config_option(dev)
     dev.add_argument("--port", type=_port, help="UI port (default: daemon.port in grace.yaml)")
+    dev.add_argument(
+        "--dagster-home",
+        help="Dagster home to render dagster.yaml into and run in (default: state_dir/dagster_home); "
+        "a DAGSTER_HOME in the environment is not used, so an existing instance is never overwritten",
+    )
     dev.set_defaults(handler=_dev)
 
     search = commands.add_parser("search", help="semantic search over everything ingested")
@@ -87,7 +92,7 @@ def _dev(args: argparse.Namespace) -> int:
     manifest = load_manifest(manifest_path)
     for source in manifest.sources:
         source.path.mkdir(parents=True, exist_ok=True)
-    home = Path(os.environ.get("DAGSTER_HOME") or manifest.dagster_home)
+    home = Path(args.dagster_home or manifest.dagster_home).resolve()
     workspace = render_instance(manifest, home, manifest_path.parent)
     environment = {**os.environ, **OFFLINE_ENVIRONMENT, "DAGSTER_HOME": str(home), "GRACE_CONFIG": str(manifest_path)}
     port = args.port or manifest.daemon.port

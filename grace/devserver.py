@@ -33,12 +33,19 @@ class DevServer:
         self.stop()
 
     def start(self, ready_timeout: float = 120.0) -> None:
-        environment = {**os.environ, "DAGSTER_HOME": str(self.home)}
         grace = Path(sys.executable).with_name("grace")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [str(grace), "dev", "--config", str(self.manifest), "--port", str(self.port)],
-            env=environment,
+            [
+                str(grace),
+                "dev",
+                "--config",
+                str(self.manifest),
+                "--port",
+                str(self.port),
+                "--dagster-home",
+                str(self.home),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
