@@ -28,8 +28,13 @@ BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding wo
 LISTED = 20  # how many paths metadata lists before it only counts
 
 
+def chunker_for(manifest: Manifest, tokenizer_file: Path) -> Chunker:
+    """The manifest's chunker over the model's tokenizer, built once per process."""
+    return _chunker(tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens)
+
+
 @functools.cache
-def shared_chunker(tokenizer_file: Path, max_tokens: int, overlap_tokens: int) -> Chunker:
+def _chunker(tokenizer_file: Path, max_tokens: int, overlap_tokens: int) -> Chunker:
     return Chunker(tokenizer_file, max_tokens, overlap_tokens)
 
 
@@ -92,9 +97,7 @@ def build_ingest_assets(
     )
     def chunks(context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource) -> MaterializeResult:
         grace_store = store.get()
-        chunker = shared_chunker(
-            embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens
-        )
+        chunker = chunker_for(manifest, embedder.get().tokenizer_file)
         shard = int(context.partition_key)
         rechunked, inserted, largest = 0, 0, 0
         for document_id, text_hash, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):

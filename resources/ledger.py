@@ -158,4 +158,15 @@ class Ledger:
         with self.engine.begin() as connection:
             connection.execute(delete(changes).where(changes.c.source == source, changes.c.id <= up_to_change_id))
 
-    # --- documents, as the documents asset processes them --------------------------------
+    def retire_other_sources(self, keep: Sequence[str]) -> int:
+        """Hide the documents of sources no longer in grace.yaml, as if their files were deleted.
+
+        They leave search at once; the next ingest run of their shard removes the rows.
+        """
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(documents)
+                .where(documents.c.source.not_in(list(keep)), documents.c.status != "deleted")
+                .values(status="deleted", updated_at=utc_now())
+            )
+        return result.rowcount

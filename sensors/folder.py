@@ -15,7 +15,7 @@ from dagster import (
 
 from grace.manifest import Manifest, SourceConfig
 from pipelines import INGEST_JOB
-from pipelines.ingest import shared_chunker
+from pipelines.ingest import chunker_for
 from resources.embedder import EmbedderResource
 from resources.store import StoreResource
 from sensors.runs import run_in_flight
@@ -56,7 +56,8 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
 
     With watch.events, a tick reconciles only the paths watchdog reported; the whole folder
     is scanned at startup and every watch.reconcile_every_seconds, and that periodic
-    reconcile also re-requests shards that still have work but no run (a killed run).
+    reconcile also re-requests shards that still have work but no run (a killed run) and
+    hides the documents of sources removed from grace.yaml.
     Change events stay in the store until a later tick has committed the cursor that
     covers them, so a crash between recording and requesting loses nothing, and run keys
     stop double requests.
@@ -93,6 +94,9 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             for shard, size in sorted(pending.bytes_by_shard.items())
         ]
         if reconcile_due:
+            retired = grace_store.retire_other_sources([known.name for known in manifest.sources])
+            if retired:
+                context.log.info(f"{retired} documents of sources no longer in grace.yaml left search")
             requests += _unfinished_work(context, manifest, source, grace_store, embedder, set(pending.bytes_by_shard))
         if requests:
             context.log.info(
@@ -107,9 +111,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
 
 def _unfinished_work(context, manifest, source, grace_store, embedder, requested: set[int]) -> list[RunRequest]:
     """Shards with work left by a run that died, and no ingest run queued or running."""
-    chunker = shared_chunker(
-        embedder.get().tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens
-    )
+    chunker = chunker_for(manifest, embedder.get().tokenizer_file)
     stuck = grace_store.shards_needing_ingest(
         source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
     )

@@ -13,7 +13,8 @@ import yaml
 from dagster import DagsterInstance
 
 from grace.devserver import DevServer, free_port, group_alive
-from pipelines.ingest import shared_chunker
+from grace.manifest import load_manifest
+from pipelines.ingest import chunker_for
 from resources.embedder import Embedder
 from resources.store import Store
 
@@ -103,7 +104,7 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
 
         store = Store(f"sqlite:///{tmp_path / 'state' / 'grace.db'}")
         model = Embedder()
-        settings = shared_chunker(model.tokenizer_file, 256, 32).settings_key
+        settings = chunker_for(load_manifest(manifest), model.tokenizer_file).settings_key
 
         def changes_applied():
             stats = json.loads(grace("stats", "--json", "-c", str(manifest), cwd=tmp_path).stdout)["total"]

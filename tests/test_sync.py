@@ -224,3 +224,17 @@ def test_corrupt_or_deleted_index_is_detected_and_repaired(deployment):
     assert str(shard) in rebuilds_requested(deployment)
     deployment.rebuild(shard)
     assert deployment.check().passed
+
+
+def test_removing_a_source_from_grace_yaml_removes_its_documents(tmp_path):
+    notes = "  - {name: notes, path: notes, origin: notes}\n"
+    both = Deployment(tmp_path, None, HashingEmbedderResource(), shards=2, extra_sources=notes)
+    both.drop("kept.txt", "a note about harbours")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "dropped.txt").write_text("a note about harbour cranes")
+    both.sync()
+    assert sorted(hit.path for hit in both.search("harbour", k=5)) == ["dropped.txt", "kept.txt"]
+    one = Deployment(tmp_path, None, HashingEmbedderResource(), shards=2)  # grace.yaml without notes
+    one.sync(rebuild=False)
+    assert [hit.path for hit in one.search("harbour", k=5)] == ["kept.txt"]
+    assert (tmp_path / "notes" / "dropped.txt").exists(), "the user's file is untouched"
