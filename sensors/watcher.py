@@ -20,6 +20,9 @@ from sensors.scan import Dirty, matches
 
 JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
 IGNORED_EVENTS = {"opened", "closed_no_write"}
+# A folder's "modified" event only says its entries changed, and those entries have events
+# of their own; listing the folder for it would make every new file cost a folder scan.
+IGNORED_FOLDER_EVENTS = {"modified", "closed", "opened", "closed_no_write"}
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +37,8 @@ class Journal(FileSystemEventHandler):
         self._lock = threading.Lock()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in IGNORED_EVENTS:
+        ignored = IGNORED_FOLDER_EVENTS if event.is_directory else IGNORED_EVENTS
+        if event.event_type in ignored:
             return
         paths = [event.src_path, getattr(event, "dest_path", "")]
         with self._lock:

@@ -6,11 +6,19 @@ import time
 
 import pytest
 from dagster import build_sensor_context
-from watchdog.events import DirDeletedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent
+from watchdog.events import (
+    DirDeletedEvent,
+    DirModifiedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+)
 
+from grace.manifest import SourceConfig
 from pipelines.chunking import Chunker
 from sensors.scan import Dirty
-from sensors.watcher import Journal, stop_watchers, watcher_for
+from sensors.watcher import FolderWatcher, Journal, stop_watchers, watcher_for
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment
 
@@ -109,6 +117,8 @@ def test_journal_records_what_watchdog_reports(tmp_path):
         FileModifiedEvent(at("skip.bin")),
         FileMovedEvent(at("b.txt"), at("sub/c.txt")),
         DirDeletedEvent(at("old")),
+        DirModifiedEvent(at("busy")),  # its entries report themselves
+        DirModifiedEvent(str(tmp_path)),
         FileOpenedEvent(at("d.txt")),
         FileCreatedEvent("/elsewhere/e.txt"),
     ]:
@@ -238,3 +248,23 @@ def test_removing_a_source_from_grace_yaml_removes_its_documents(tmp_path):
     one.sync(rebuild=False)
     assert [hit.path for hit in one.search("harbour", k=5)] == ["kept.txt"]
     assert (tmp_path / "notes" / "dropped.txt").exists(), "the user's file is untouched"
+
+
+def test_real_observer_reports_paths_without_rescans(tmp_path):
+    source = SourceConfig(name="docs", path=tmp_path / "inbox", patterns=["**/*.txt"])
+    watcher = FolderWatcher(source)
+    try:
+        (source.path / "top.txt").write_text("new at the top")
+        (source.path / "sub").mkdir()
+        (source.path / "sub" / "inner.txt").write_text("new in a new folder")
+        (source.path / "ignored.bin").write_bytes(b"\x00")
+        deadline, seen = time.monotonic() + 10, Dirty()
+        while time.monotonic() < deadline and not {"top.txt", "sub/inner.txt"} <= seen.files:
+            time.sleep(0.3)
+            drained = watcher.journal.drain()
+            assert drained is not None, "new files must not force a full scan"
+            seen.files |= drained.files
+            seen.folders |= drained.folders
+        assert seen.files == {"top.txt", "sub/inner.txt"} and seen.folders == {"sub"}
+    finally:
+        watcher.stop()
