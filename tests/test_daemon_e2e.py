@@ -55,10 +55,12 @@ def wait_for(condition, timeout: float, every: float = 2.0):
     raise TimeoutError(f"condition not met within {timeout}s")
 
 
-def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
+def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, store_url):
+    """Runs twice: the embedded SQLite store, and the real PostgreSQL server."""
     manifest = tmp_path / "grace.yaml"
     manifest.write_text(
-        "state_dir: state\nsources:\n  - {name: documents, path: inbox/documents}\nindex: {shards: 2, trees: 10}\n"
+        f"state_dir: state\nstore: {store_url}\n"
+        "sources:\n  - {name: documents, path: inbox/documents}\nindex: {shards: 2, trees: 10}\n"
     )
     home = tmp_path / "dagster_home"
     inbox = tmp_path / "inbox" / "documents"
@@ -102,7 +104,7 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path):
         (inbox / "notes" / "chess.md").rename(inbox / "chess-final.md")
         (inbox / "recipe.txt").write_text("Roast the peppers and blend them into a smoky soup.")
 
-        store = Store(f"sqlite:///{tmp_path / 'state' / 'grace.db'}")
+        store = Store(store_url)
         model = Embedder()
         settings = chunker_for(load_manifest(manifest), model.tokenizer_file).settings_key
 
