@@ -68,13 +68,12 @@ def build_index_asset(
         built = index.build(shard, chunk_ids, vectors, model_id)
         seconds = time.perf_counter() - started
         view = shard_view(grace_store, index, shard, model_id)
-        coverage = view.indexed / len(view.searchable) if len(view.searchable) else 1.0
         counts = {
             "total_embeddings": len(view.searchable),
             "indexed_embeddings": view.indexed,
             "pending": len(view.pending),
             "tombstoned": len(view.tombstoned),
-            "index_coverage": coverage,
+            "index_coverage": view.coverage,
         }
         context.log.info(f"shard {shard}: built version {built.version} with {built.items} vectors in {seconds:.2f}s")
         return MaterializeResult(
@@ -82,7 +81,7 @@ def build_index_asset(
             check_results=[
                 AssetCheckResult(
                     check_name=COVERAGE_CHECK,
-                    passed=coverage == 1.0,
+                    passed=view.coverage == 1.0,
                     severity=AssetCheckSeverity.ERROR,
                     metadata=counts,
                 )

@@ -36,6 +36,10 @@ class ShardView:
         return len(self.searchable) - len(self.pending)
 
     @property
+    def coverage(self) -> float:
+        return coverage(self.indexed, len(self.searchable))
+
+    @property
     def stale_fraction(self) -> float:
         return stale_fraction(len(self.pending), len(self.tombstoned), len(self.searchable))
 
@@ -129,14 +133,14 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
                 "indexed_embeddings": view.indexed,
                 "pending": len(view.pending),
                 "tombstoned": len(view.tombstoned),
-                "index_coverage": _coverage(view.indexed, len(view.searchable)),
+                "index_coverage": view.coverage,
                 "index_version": view.index.meta.version if view.index else None,
                 **counts,
             }
         )
     summed_keys = [key for key, value in shards[0].items() if isinstance(value, int) and key != "shard"]
     total = {key: sum(row[key] for row in shards) for key in summed_keys}
-    total["index_coverage"] = _coverage(total["indexed_embeddings"], total["total_embeddings"])
+    total["index_coverage"] = coverage(total["indexed_embeddings"], total["total_embeddings"])
     for row in [*shards, total]:
         row["stale_fraction"] = stale_fraction(row["pending"], row["tombstoned"], row["total_embeddings"])
     quarantined = [{"source": source, "path": path, "reason": reason} for source, path, reason in store.quarantined()]
@@ -149,7 +153,8 @@ def stale_fraction(pending: int, tombstoned: int, total_embeddings: int) -> floa
     return (pending + tombstoned) / base if base else 0.0
 
 
-def _coverage(indexed: int, total: int) -> float:
+def coverage(indexed: int, total: int) -> float:
+    """Share of searchable embeddings that the index holds; 1.0 for an empty shard."""
     return indexed / total if total else 1.0
 
 
