@@ -62,12 +62,12 @@ def build_index_asset(
         grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
         shard = int(context.partition_key)
         started = time.perf_counter()
-        chunk_ids, vectors = grace_store.vectors_of(
-            grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id
-        )
+        searchable = grace_store.embedded_chunk_ids(shard, index.shards, model_id)
+        chunk_ids, vectors = grace_store.vectors_of(searchable, model_id)
         built = index.build(shard, chunk_ids, vectors, model_id)
         seconds = time.perf_counter() - started
-        view = shard_view(grace_store, index, shard, model_id)
+        # Reads the swapped-in files back and compares them with the ids they were built from.
+        view = shard_view(index, shard, searchable, model_id)
         counts = {
             "total_embeddings": len(view.searchable),
             "indexed_embeddings": view.indexed,
@@ -103,7 +103,8 @@ def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
         store: StoreResource, embedder: EmbedderResource, vector_index: VectorIndexResource
     ) -> AssetCheckResult:
         grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
-        reports = [check_shard(grace_store, index, shard, model_id) for shard in range(index.shards)]
+        searchable = grace_store.searchable_chunk_ids(index.shards, model_id)
+        reports = [check_shard(grace_store, index, shard, ids, model_id) for shard, ids in enumerate(searchable)]
         problems = [problem for report in reports for problem in report.problems]
         stale = [f"shard {r.shard}: {r.orphans} orphan, {r.missing} missing" for r in reports if r.orphans or r.missing]
         return AssetCheckResult(

@@ -24,11 +24,12 @@ class ShardConsistency:
         return not self.problems and self.orphans == 0 and self.missing == 0
 
 
-def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardConsistency:
+def check_shard(
+    store: Store, index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str
+) -> ShardConsistency:
     """Verify a shard's files (checksum, counts, model), count orphan and missing vectors exactly,
     and compare indexed vectors with the store's (all of them, up to VECTORS_COMPARED)."""
     report = ShardConsistency(shard)
-    searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
     try:
         loaded = index.verify(shard)
     except IndexCorrupt as error:

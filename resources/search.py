@@ -47,16 +47,13 @@ class ShardView:
 def shard_views(store: Store, index: ShardedIndex, model_id: str) -> list[ShardView]:
     """Every shard's view, from one pass over the store."""
     return [
-        _view(index, shard, searchable, model_id)
+        shard_view(index, shard, searchable, model_id)
         for shard, searchable in enumerate(store.searchable_chunk_ids(index.shards, model_id))
     ]
 
 
-def shard_view(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardView:
-    return _view(index, shard, store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
-
-
-def _view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str) -> ShardView:
+def shard_view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str) -> ShardView:
+    """Compare a shard's searchable chunk ids with its current index (if usable)."""
     try:
         loaded = index.load(shard)
     except IndexCorrupt:
