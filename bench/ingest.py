@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import documents  # noqa: E402
-from resources.embedder import EmbedderResource  # noqa: E402
+from grace.resources.embedder import EmbedderResource  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 
 

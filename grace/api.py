@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grace.manifest import load_manifest
-from resources import build_resources
-from resources.search import Searcher, SearchHit, index_stats
+from grace.core.manifest import load_manifest
+from grace.resources import build_resources
+from grace.resources.search import Searcher, SearchHit, index_stats
 
 
 def searcher(config: str | Path | None = None) -> Searcher:

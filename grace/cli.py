@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from grace.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +86,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from grace.instance import render_instance
-    from resources.embedder import OFFLINE_ENVIRONMENT
+    from grace.resources.embedder import OFFLINE_ENVIRONMENT
 
     manifest_path = Path(args.config or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST).resolve()
     manifest = load_manifest(manifest_path)
@@ -108,7 +108,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from grace.api import search
-    from resources.search import hit_dict
+    from grace.resources.search import hit_dict
 
     if not args.query.strip():
         print("grace search: the query is empty; pass some words to search for", file=sys.stderr)

@@ -3,10 +3,10 @@ pipelines/ gives assets, jobs and schedules, sensors/ the sensors, resources/ th
 
 from dagster import Definitions, definitions
 
-from grace.manifest import Manifest, load_manifest
-from pipelines import build_pipelines
-from resources import build_resources
-from sensors import build_sensors
+from grace.core.manifest import Manifest, load_manifest
+from grace.pipelines import build_pipelines
+from grace.resources import build_resources
+from grace.sensors import build_sensors
 
 
 def build_definitions(manifest: Manifest) -> Definitions:

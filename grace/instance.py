@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from grace.manifest import Manifest
+from grace.core.manifest import Manifest
+from grace.core.names import SHARD_TAG
 
 HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
 
@@ -30,7 +31,7 @@ def instance_config(manifest: Manifest) -> dict:
             "config": {
                 "max_concurrent_runs": manifest.daemon.max_concurrent_runs,
                 "tag_concurrency_limits": [
-                    {"key": "grace/shard", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+                    {"key": SHARD_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
                 ],
                 # The default 5 s between dequeues is most of a small file's time to searchable.
                 "dequeue_interval_seconds": 1,

@@ -11,13 +11,10 @@ from dagster import (
     in_process_executor,
 )
 
-from grace.manifest import Manifest
-from pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
-from pipelines.ingest import build_ingest_assets
-
-INGEST_JOB = "ingest"
-REBUILD_JOB = "rebuild_index"
-
+from grace.core.manifest import Manifest
+from grace.core.names import INGEST_JOB, REBUILD_JOB
+from grace.pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
+from grace.pipelines.ingest import build_ingest_assets
 
 def shard_partitions(shards: int) -> StaticPartitionsDefinition:
     """Static shard partitions: a document's shard is hash(document id) % shards."""

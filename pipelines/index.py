@@ -20,19 +20,16 @@ from dagster import (
     schedule,
 )
 
-from grace.manifest import Manifest
-from resources.consistency import check_shard
-from resources.embedder import EmbedderResource
-from resources.search import shard_view
-from resources.store import StoreResource
-from resources.vector_index import VectorIndexResource
+from grace.core.manifest import Manifest
+from grace.core.names import rebuild_tags
+from grace.resources.consistency import check_shard
+from grace.resources.embedder import EmbedderResource
+from grace.resources.shard_status import shard_view
+from grace.resources.store import StoreResource
+from grace.resources.vector_index import VectorIndexResource
 
 COVERAGE_CHECK = "index_covers_every_embedding"
 CONSISTENCY_CHECK = "index_matches_store"
-
-
-def rebuild_tags(shard: int, reason: str) -> dict[str, str]:
-    return {"grace/origin": "index", "grace/shard": str(shard), "grace/rebuild_reason": reason}
 
 
 def build_index_asset(

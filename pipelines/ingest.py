@@ -1,10 +1,8 @@
 """documents -> chunks -> embeddings, per shard. Each step does whatever its shard has pending,
 so runs that repeat or overlap converge, and a killed run is finished by the next one."""
 
-import functools
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -16,26 +14,16 @@ from dagster import (
     asset,
 )
 
-from grace.failpoints import failpoint
-from grace.manifest import Manifest
-from pipelines.chunking import Chunker
-from pipelines.reading import read_document
-from resources.embedder import EmbedderResource
-from resources.schema import NewChunk
-from resources.store import StoreResource
+from grace.core.failpoints import failpoint
+from grace.core.manifest import Manifest
+from grace.resources.chunking import chunker_for
+from grace.resources.reading import read_document
+from grace.resources.embedder import EmbedderResource
+from grace.resources.schema import NewChunk
+from grace.resources.store import StoreResource
 
 BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
-
-
-def chunker_for(manifest: Manifest, tokenizer_file: Path) -> Chunker:
-    """The manifest's chunker over the model's tokenizer, built once per process."""
-    return _chunker(tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens)
-
-
-@functools.cache
-def _chunker(tokenizer_file: Path, max_tokens: int, overlap_tokens: int) -> Chunker:
-    return Chunker(tokenizer_file, max_tokens, overlap_tokens)
 
 
 def build_ingest_assets(

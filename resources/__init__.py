@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from grace.manifest import Manifest
-from resources.embedder import EmbedderResource
-from resources.store import StoreResource
-from resources.vector_index import VectorIndexResource
+from grace.core.manifest import Manifest
+from grace.resources.embedder import EmbedderResource
+from grace.resources.store import StoreResource
+from grace.resources.vector_index import VectorIndexResource
 
 
 def build_resources(manifest: Manifest) -> dict:

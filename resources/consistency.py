@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resources.store import Store
-from resources.vector_index import IndexCorrupt, ShardedIndex
+from grace.resources.store import Store
+from grace.resources.vector_index import IndexCorrupt, ShardedIndex
 
 VECTOR_TOLERANCE = 1e-5
 VECTORS_COMPARED = 2000  # per shard, spread over the index; the checksum already covers every byte

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Engine, delete, insert, select, union, update
 
-from resources.schema import (
+from grace.resources.schema import (
     DocumentRow,
     ObservedFile,
     PendingChange,

@@ -88,6 +88,25 @@ changes = Table(
 )
 Index("ix_changes_source_id", changes.c.source, changes.c.id)
 
+# One writer per shard: the run holding a shard's row may write the shard; others wait.
+shard_leases = Table(
+    "shard_leases",
+    metadata,
+    Column("shard", Integer, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Liveness of every Grace run, beating from resource set-up to teardown (waiting runs too):
+# a run whose beat stops is dead, and the sensors fail it and request its work again.
+run_heartbeats = Table(
+    "run_heartbeats",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("shard", Integer, nullable=False),
+    Column("beat_at", DateTime(timezone=True), nullable=False),
+)
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from resources.embedder import Embedder
-from resources.store import Store
-from resources.vector_index import IndexCorrupt, LoadedIndex, ShardedIndex
+from grace.resources.embedder import Embedder
+from grace.resources.store import Store
+from grace.resources.shard_status import coverage, shard_views, stale_fraction
+from grace.resources.vector_index import ShardedIndex
 
 
 @dataclass(frozen=True)
@@ -19,55 +20,6 @@ class SearchHit:
     chunk: int
     text: str
     chunk_id: int
-
-
-@dataclass(frozen=True)
-class ShardView:
-    """What a shard holds right now: searchable ids, the usable index, and what it lacks."""
-
-    shard: int
-    searchable: np.ndarray  # chunk ids with an embedding, of active documents
-    index: LoadedIndex | None  # None if missing or built with another model
-    pending: np.ndarray  # searchable but not in the index
-    tombstoned: np.ndarray  # in the index but no longer searchable
-
-    @property
-    def indexed(self) -> int:
-        return len(self.searchable) - len(self.pending)
-
-    @property
-    def coverage(self) -> float:
-        return coverage(self.indexed, len(self.searchable))
-
-    @property
-    def stale_fraction(self) -> float:
-        return stale_fraction(len(self.pending), len(self.tombstoned), len(self.searchable))
-
-
-def shard_views(store: Store, index: ShardedIndex, model_id: str) -> list[ShardView]:
-    """Every shard's view, from one pass over the store."""
-    return [
-        shard_view(index, shard, searchable, model_id)
-        for shard, searchable in enumerate(store.searchable_chunk_ids(index.shards, model_id))
-    ]
-
-
-def shard_view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str) -> ShardView:
-    """Compare a shard's searchable chunk ids with its current index (if usable)."""
-    try:
-        loaded = index.load(shard)
-    except IndexCorrupt:
-        loaded = None  # search scans the shard exactly; the freshness sensor rebuilds it
-    if loaded is not None and loaded.meta.model_id != model_id:
-        loaded = None
-    in_index = loaded.chunk_ids if loaded is not None else np.empty(0, dtype=np.int64)
-    return ShardView(
-        shard=shard,
-        searchable=searchable,
-        index=loaded,
-        pending=np.setdiff1d(searchable, in_index, assume_unique=True),
-        tombstoned=np.setdiff1d(in_index, searchable, assume_unique=True),
-    )
 
 
 class Searcher:
@@ -142,17 +94,6 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
         row["stale_fraction"] = stale_fraction(row["pending"], row["tombstoned"], row["total_embeddings"])
     quarantined = [{"source": source, "path": path, "reason": reason} for source, path, reason in store.quarantined()]
     return {"model_id": model_id, "shards": shards, "total": total, "quarantined": quarantined}
-
-
-def stale_fraction(pending: int, tombstoned: int, total_embeddings: int) -> float:
-    """Share of a shard's vectors that the index gets wrong: pending plus tombstoned."""
-    base = total_embeddings + tombstoned
-    return (pending + tombstoned) / base if base else 0.0
-
-
-def coverage(indexed: int, total: int) -> float:
-    """Share of searchable embeddings that the index holds; 1.0 for an empty shard."""
-    return indexed / total if total else 1.0
 
 
 def hit_dict(hit: SearchHit) -> dict:

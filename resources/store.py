@@ -11,8 +11,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from resources.ledger import Ledger
-from resources.schema import (
+from grace.resources.ledger import Ledger
+from grace.resources.schema import (
     ChunkHit,
     DocumentRow,
     NewChunk,

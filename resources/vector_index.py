@@ -14,7 +14,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from dagster import ConfigurableResource
 
-from grace.failpoints import failpoint
+from grace.core.failpoints import failpoint
 
 POINTER = "current.json"
 KEEP_VERSIONS = 2  # the current one, and the one a reader may still be opening

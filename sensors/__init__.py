@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dagster import SensorDefinition
 
-from grace.manifest import Manifest
-from sensors.folder import build_folder_sensor
-from sensors.index_freshness import build_freshness_sensor
+from grace.core.manifest import Manifest
+from grace.sensors.folder import build_folder_sensor
+from grace.sensors.index_freshness import build_freshness_sensor
 
 
 def build_sensors(manifest: Manifest) -> list[SensorDefinition]:

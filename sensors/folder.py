@@ -13,14 +13,14 @@ from dagster import (
     sensor,
 )
 
-from grace.manifest import Manifest, SourceConfig
-from pipelines import INGEST_JOB
-from pipelines.ingest import chunker_for
-from resources.embedder import EmbedderResource
-from resources.store import StoreResource
-from sensors.runs import run_in_flight
-from sensors.scan import reconcile
-from sensors.watcher import watcher_for
+from grace.core.manifest import Manifest, SourceConfig
+from grace.core.names import INGEST_JOB, REASON_TAG, ingest_tags
+from grace.resources.chunking import chunker_for
+from grace.resources.embedder import EmbedderResource
+from grace.resources.store import StoreResource
+from grace.sensors.runs import run_in_flight
+from grace.sensors.scan import reconcile
+from grace.sensors.watcher import watcher_for
 
 # The sensor daemon loops every 5 s at best; asking for less means "every loop".
 TICK_SECONDS = 2
@@ -40,15 +40,6 @@ class Cursor:
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
-
-
-def ingest_tags(source: SourceConfig, shard: int, data_size_bytes: int) -> dict[str, str]:
-    return {
-        "grace/origin": source.origin,
-        "grace/source": source.name,
-        "grace/shard": str(shard),
-        "grace/data_size_bytes": str(data_size_bytes),
-    }
 
 
 def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefinition:
@@ -89,7 +80,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             RunRequest(
                 run_key=f"{source.name}:{shard}:{pending.last_change_id}",
                 partition_key=str(shard),
-                tags=ingest_tags(source, shard, size),
+                tags=ingest_tags(source.origin, source.name, shard, size),
             )
             for shard, size in sorted(pending.bytes_by_shard.items())
         ]
@@ -116,7 +107,7 @@ def _unfinished_work(context, manifest, source, grace_store, embedder, requested
         source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
     )
     return [
-        RunRequest(partition_key=str(shard), tags={**ingest_tags(source, shard, 0), "grace/reason": "unfinished work"})
+        RunRequest(partition_key=str(shard), tags={**ingest_tags(source.origin, source.name, shard, 0), REASON_TAG: "unfinished work"})
         for shard in sorted(stuck - requested)
         if not run_in_flight(context.instance, INGEST_JOB, shard)
     ]

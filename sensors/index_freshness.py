@@ -9,15 +9,14 @@ from dagster import (
     sensor,
 )
 
-from grace.manifest import Manifest
-from pipelines import REBUILD_JOB
-from pipelines.index import rebuild_tags
-from resources.embedder import EmbedderResource
-from resources.search import shard_views
-from resources.store import StoreResource
-from resources.vector_index import VectorIndexResource
-from sensors.folder import TICK_SECONDS
-from sensors.runs import run_in_flight
+from grace.core.manifest import Manifest
+from grace.core.names import REBUILD_JOB, rebuild_tags
+from grace.resources.embedder import EmbedderResource
+from grace.resources.shard_status import shard_views
+from grace.resources.store import StoreResource
+from grace.resources.vector_index import VectorIndexResource
+from grace.sensors.folder import TICK_SECONDS
+from grace.sensors.runs import run_in_flight
 
 
 def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:

@@ -9,10 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from stat import S_ISREG
 
-from grace.manifest import SourceConfig
-from pipelines.reading import content_hash
-from resources.schema import DocumentRow, ObservedFile
-from resources.store import Store
+from grace.core.manifest import SourceConfig
+from grace.resources.reading import content_hash
+from grace.resources.schema import DocumentRow, ObservedFile
+from grace.resources.store import Store
 
 
 @lru_cache(maxsize=256)

@@ -15,8 +15,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from grace.manifest import SourceConfig
-from sensors.scan import Dirty, matches
+from grace.core.manifest import SourceConfig
+from grace.sensors.scan import Dirty, matches
 
 JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
 IGNORED_EVENTS = {"opened", "closed_no_write"}

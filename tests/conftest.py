@@ -52,6 +52,6 @@ def write_manifest(tmp_path):
 def _stop_watchers():
     """Observers started by sensors in this process must not outlive their test."""
     yield
-    from sensors.watcher import stop_watchers
+    from grace.sensors.watcher import stop_watchers
 
     stop_watchers()

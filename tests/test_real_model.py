@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.chunking import Chunker
-from resources.embedder import EmbedderResource
+from grace.resources.chunking import Chunker
+from grace.resources.embedder import EmbedderResource
 from tests.harness import Deployment
 
 CORPUS = {

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from grace.manifest import SourceConfig
-from resources.store import Store
-from sensors.scan import glob_regex, list_files
-from sensors.scan import reconcile as scan_source
+from grace.core.manifest import SourceConfig
+from grace.resources.store import Store
+from grace.sensors.scan import glob_regex, list_files
+from grace.sensors.scan import reconcile as scan_source
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resources.schema import NewChunk, ObservedFile
-from resources.store import Store
+from grace.resources.schema import NewChunk, ObservedFile
+from grace.resources.store import Store
 
 
 @pytest.fixture

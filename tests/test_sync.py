@@ -15,10 +15,10 @@ from watchdog.events import (
     FileOpenedEvent,
 )
 
-from grace.manifest import SourceConfig
-from pipelines.chunking import Chunker
-from sensors.scan import Dirty
-from sensors.watcher import FolderWatcher, Journal, stop_watchers, watcher_for
+from grace.core.manifest import SourceConfig
+from grace.resources.chunking import Chunker
+from grace.sensors.scan import Dirty
+from grace.sensors.watcher import FolderWatcher, Journal, stop_watchers, watcher_for
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from resources.vector_index import POINTER, IndexCorrupt, ShardedIndex
+from grace.resources.vector_index import POINTER, IndexCorrupt, ShardedIndex
 
 
 def random_vectors(count: int, seed: int = 0, dimension: int = 16) -> np.ndarray:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
+
+from grace.core.manifest import Manifest
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP], which the model adds to every chunk
 SENTENCE_ENDS = (".", "!", "?", ";", ":", "\n")
@@ -78,3 +81,13 @@ class Chunker:
     def _next_start(self, word_starts: list[int], start: int, end: int) -> int:
         position = bisect_left(word_starts, max(end - self.overlap, start + 1))
         return word_starts[position] if position < len(word_starts) and word_starts[position] < end else end
+
+
+def chunker_for(manifest: Manifest, tokenizer_file: Path) -> Chunker:
+    """The manifest's chunker over the model's tokenizer, built once per process."""
+    return _chunker(tokenizer_file, manifest.chunking.max_tokens, manifest.chunking.overlap_tokens)
+
+
+@functools.cache
+def _chunker(tokenizer_file: Path, max_tokens: int, overlap_tokens: int) -> Chunker:
+    return Chunker(tokenizer_file, max_tokens, overlap_tokens)

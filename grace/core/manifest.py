@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
 )
 
-from grace.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
+from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TAG_VALUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
