@@ -21,7 +21,10 @@ def searcher(config: str | Path | None = None) -> Searcher:
 
 
 def search(query: str, k: int = 5, config: str | Path | None = None) -> list[SearchHit]:
-    """The k chunks nearest to the query across every shard, best first."""
+    """The k chunks nearest to the query across every shard, best first.
+
+    Lone surrogates (undecodable bytes from argv or a file name) become U+FFFD, with a UnicodeWarning.
+    """
     return searcher(config).search(query, k)
 
 

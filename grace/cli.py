@@ -9,17 +9,36 @@ import signal
 import sys
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+
+DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe raises inside the try
+        return code
     except ManifestError as error:
         print(error, file=sys.stderr)
         return 2
+    except SQLAlchemyError as error:
+        problem = str(error).splitlines()[0]
+        print(
+            f"grace: the store failed: {problem}\n"
+            "check `store:` in grace.yaml and that its database is running and reachable",
+            file=sys.stderr,
+        )
+        return 1
+    except BrokenPipeError:
+        # The reader left (`grace stats | head -1`): the standard Python recipe. Point stdout
+        # at devnull so the interpreter's final flush cannot fail again, and exit quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _config_option(stats)
     stats.set_defaults(handler=_stats)
+
+    store = commands.add_parser("store", help="the store's schema revision and its migrations")
+    store_commands = store.add_subparsers(required=True, metavar="STORE_COMMAND")
+    upgrade = store_commands.add_parser("upgrade", help="migrate the store to this Grace's schema (also done at open)")
+    _config_option(upgrade)
+    upgrade.set_defaults(handler=_store_upgrade)
+    version = store_commands.add_parser("version", help="print the store's schema revision")
+    _config_option(version)
+    version.set_defaults(handler=_store_version)
     return parser
 
 
@@ -90,6 +118,8 @@ def _dev(args: argparse.Namespace) -> int:
 
     manifest_path = Path(args.config or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST).resolve()
     manifest = load_manifest(manifest_path)
+    if not _lock_state_dir(manifest.state_dir):
+        return 2
     for source in manifest.sources:
         source.path.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or manifest.dagster_home).resolve()
@@ -106,14 +136,49 @@ def _dev(args: argparse.Namespace) -> int:
     os.execvpe(command[0], command, environment)
 
 
+def _lock_state_dir(state_dir: Path) -> bool:
+    """Hold state_dir/grace-dev.lock (with our pid in it) for as long as this process and what it execs live.
+
+    False, after saying who holds it, if another `grace dev` serves the state dir.
+    """
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / DEV_LOCK
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        print(
+            f"grace dev: state dir {state_dir} is already served by another `grace dev` (pid {holder}, lock {path}); "
+            "stop that one first, or give this grace.yaml its own state_dir",
+            file=sys.stderr,
+        )
+        return False
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    # exec keeps the pid and every inheritable descriptor, so dagster dev goes on holding the lock.
+    os.set_inheritable(descriptor, True)
+    return True
+
+
 def _search(args: argparse.Namespace) -> int:
     from grace.api import search
-    from grace.resources.search import hit_dict
+    from grace.resources.search import hit_dict, repair_query
 
     if not args.query.strip():
         print("grace search: the query is empty; pass some words to search for", file=sys.stderr)
         return 2
-    hits = search(args.query, args.k, args.config)
+    query, replaced = repair_query(args.query)
+    if replaced:
+        print(
+            f"grace search: the query is not valid UTF-8; searching for {query!r}, each undecodable byte "
+            "replaced by U+FFFD (set a UTF-8 locale or fix the terminal's encoding)",
+            file=sys.stderr,
+        )
+    hits = search(query, args.k, args.config)
     if args.json:
         print(json.dumps([hit_dict(hit) for hit in hits], indent=1))
         return 0
@@ -145,8 +210,45 @@ def _stats(args: argparse.Namespace) -> int:
     for row in [*stats["shards"], {"shard": "all", **stats["total"]}]:
         cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
         print(f"{row['shard']!s:>5}  " + "  ".join(cell.rjust(len(c)) for cell, c in zip(cells, columns)))
+    for row in stats["shards"]:
+        if row["index_problem"]:
+            print(f"index damaged: {row['index_problem']}; searched exactly until rebuild_index rebuilds it")
     for item in stats["quarantined"]:
         print(f"quarantined {item['source']}/{item['path']}: {item['reason']}")
+    return 0
+
+
+def _store_upgrade(args: argparse.Namespace) -> int:
+    from grace.resources.migrations import StoreTooNew, masked_url, upgrade
+    from grace.resources.schema import make_engine
+
+    url = load_manifest(args.config).store_url
+    engine = make_engine(url)
+    try:
+        before, after = upgrade(engine, url)
+    except StoreTooNew as error:
+        print(f"grace store upgrade: {error}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"store {masked_url(url)}: already at revision {after}")
+    else:
+        print(f"store {masked_url(url)}: upgraded from revision {before or 'none (empty)'} to {after}")
+    return 0
+
+
+def _store_version(args: argparse.Namespace) -> int:
+    from grace.resources.migrations import HEAD, current_revision, masked_url
+    from grace.resources.schema import make_engine
+
+    url = load_manifest(args.config).store_url
+    engine = make_engine(url)
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    print(f"store {masked_url(url)}: revision {revision or 'none (empty)'}; this Grace's newest is {HEAD}")
     return 0
 
 

@@ -7,9 +7,16 @@ from pathlib import Path
 import yaml
 
 from grace.core.manifest import Manifest
-from grace.core.names import SHARD_TAG
+from grace.core.names import PARTITION_TAG
 
 HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
+
+
+# Run monitoring's poll, and how long a CANCELING run may wait for its worker: a run whose
+# worker is gone never acknowledges the cancel, so it ends as CANCELED after this long
+# (run_health usually ends it first, from the stale heartbeat).
+MONITOR_POLL_SECONDS = 10
+CANCEL_TIMEOUT_SECONDS = 45
 
 
 def instance_config(manifest: Manifest) -> dict:
@@ -17,12 +24,14 @@ def instance_config(manifest: Manifest) -> dict:
     return {
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
-        # The default run launcher cannot see a run worker that was killed, so a bound on
-        # run time is what frees its shard; a retry then finishes the work.
+        # The code server fails a run whose worker it saw die; a hung worker, or one whose code
+        # server is gone, only stops beating: run_health fails it within a minute, and max
+        # runtime is the last resort.
         "run_monitoring": {
             "enabled": True,
             "max_runtime_seconds": manifest.daemon.max_run_seconds,
-            "poll_interval_seconds": 30,
+            "cancel_timeout_seconds": CANCEL_TIMEOUT_SECONDS,
+            "poll_interval_seconds": MONITOR_POLL_SECONDS,
         },
         "run_retries": {"enabled": True, "max_retries": 2},
         "run_coordinator": {
@@ -30,8 +39,11 @@ def instance_config(manifest: Manifest) -> dict:
             "class": "QueuedRunCoordinator",
             "config": {
                 "max_concurrent_runs": manifest.daemon.max_concurrent_runs,
+                # Dagster tags every partitioned run with its partition, however it was
+                # launched (sensor, backfill, UI, schedule), so a second run of a shard
+                # waits in the queue instead of waiting on the shard's lease in a worker.
                 "tag_concurrency_limits": [
-                    {"key": SHARD_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+                    {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
                 ],
                 # The default 5 s between dequeues is most of a small file's time to searchable.
                 "dequeue_interval_seconds": 1,

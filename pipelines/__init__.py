@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 from dagster import (
     AssetSelection,
     AssetSpec,
+    BetaWarning,
     Definitions,
     StaticPartitionsDefinition,
     define_asset_job,
@@ -15,6 +18,7 @@ from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB
 from grace.pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
 from grace.pipelines.ingest import build_ingest_assets
+
 
 def shard_partitions(shards: int) -> StaticPartitionsDefinition:
     """Static shard partitions: a document's shard is hash(document id) % shards."""
@@ -39,14 +43,17 @@ def source_spec(source) -> AssetSpec:
 def build_pipelines(manifest: Manifest) -> Definitions:
     shards = shard_partitions(manifest.index.shards)
     specs = [source_spec(source) for source in manifest.sources]
-    ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
-    index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
+    with warnings.catch_warnings():
+        # The shard assets bind shard_lease with @asset(resource_defs=...), a beta parameter; see lease.py.
+        warnings.filterwarnings("ignore", category=BetaWarning, message=".*resource_defs.*")
+        ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
+        index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
     # One process per run: the model loads once, and steps skip the per-step process start.
     ingest_job = define_asset_job(
         INGEST_JOB,
         selection=ingest_assets,
         executor_def=in_process_executor,
-        description="Reads, chunks and embeds whatever a shard has pending.",
+        description="Reads, chunks and embeds whatever a shard has pending, holding the shard's lease.",
     )
     consistency_check = build_consistency_check(manifest)
     rebuild_job = define_asset_job(

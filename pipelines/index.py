@@ -24,6 +24,7 @@ from grace.core.manifest import Manifest
 from grace.core.names import rebuild_tags
 from grace.resources.consistency import check_shard
 from grace.resources.embedder import EmbedderResource
+from grace.resources.lease import ShardLeaseResource, lease_resource_defs
 from grace.resources.shard_status import shard_view
 from grace.resources.store import StoreResource
 from grace.resources.vector_index import VectorIndexResource
@@ -38,6 +39,7 @@ def build_index_asset(
     @asset(
         partitions_def=shards,
         deps=[embeddings_asset],
+        resource_defs=lease_resource_defs(manifest.store_url),
         group_name="index",
         kinds={"annoy"},
         check_specs=[
@@ -55,6 +57,7 @@ def build_index_asset(
         store: StoreResource,
         embedder: EmbedderResource,
         vector_index: VectorIndexResource,
+        shard_lease: ShardLeaseResource,  # held for the run: one writer per shard
     ) -> MaterializeResult:
         grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
         shard = int(context.partition_key)

@@ -1,5 +1,6 @@
 """documents -> chunks -> embeddings, per shard. Each step does whatever its shard has pending,
-so runs that repeat or overlap converge, and a killed run is finished by the next one."""
+so runs that repeat or overlap converge, and a killed run is finished by the next one.
+Every step requires shard_lease, so a run holds its shard's lease however it was launched."""
 
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from grace.core.manifest import Manifest
 from grace.resources.chunking import chunker_for
 from grace.resources.reading import read_document
 from grace.resources.embedder import EmbedderResource
+from grace.resources.lease import ShardLeaseResource, lease_resource_defs
 from grace.resources.schema import NewChunk
 from grace.resources.store import StoreResource
 
@@ -35,12 +37,15 @@ def build_ingest_assets(
     @asset(
         partitions_def=shards,
         deps=list(source_keys),
+        resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
         kinds={"python"},
         description="Files read into text. Binary, non-UTF-8, empty or oversized files are "
         "quarantined with a reason; deleted files are removed.",
     )
-    def documents(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+    def documents(
+        context: AssetExecutionContext, store: StoreResource, shard_lease: ShardLeaseResource
+    ) -> MaterializeResult:
         grace_store = store.get()
         shard = int(context.partition_key)
         active, quarantined, removed, vanished = [], [], [], []
@@ -53,7 +58,7 @@ def build_ingest_assets(
             if source is None:
                 context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
                 continue
-            result = read_document(source.path / row.path, int(source.max_bytes))
+            result = read_document(source.path, row.path, int(source.max_bytes))
             if result is None:
                 vanished.append(row.path)  # the next sensor tick records the deletion
             elif result.problem:
@@ -78,31 +83,44 @@ def build_ingest_assets(
     @asset(
         partitions_def=shards,
         deps=[documents],
+        resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
         kinds={"python"},
         description=f"Token-aware chunks of at most {manifest.chunking.max_tokens} model tokens "
         f"(special tokens included), {manifest.chunking.overlap_tokens} tokens of overlap.",
     )
-    def chunks(context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource) -> MaterializeResult:
-        grace_store = store.get()
-        chunker = chunker_for(manifest, embedder.get().tokenizer_file)
+    def chunks(
+        context: AssetExecutionContext,
+        store: StoreResource,
+        embedder: EmbedderResource,
+        shard_lease: ShardLeaseResource,
+    ) -> MaterializeResult:
+        grace_store, model = store.get(), embedder.get()
+        chunker = chunker_for(manifest, model.tokenizer_file)
         shard = int(context.partition_key)
-        rechunked, inserted, largest = 0, 0, 0
+        # Stages a dead run cut from text that has changed since would never publish.
+        discarded = grace_store.discard_stale_stages(shard, shard_count, chunker.settings_key)
+        published, staged, largest = 0, 0, 0
         for document_id, text_hash, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
             pieces = chunker.split(text)
             largest = max([largest] + [piece.token_count for piece in pieces])
-            inserted += grace_store.replace_chunks(
+            # An edit's new chunks wait for their embeddings; the old ones stay searchable until then.
+            live_now = grace_store.stage_chunks(
                 document_id,
                 text_hash,
                 [NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)],
                 chunker.settings_key,
+                model.model_id,
             )
-            rechunked += 1
+            published += live_now
+            staged += not live_now
             failpoint("chunks.after_one")
         return MaterializeResult(
             metadata={
-                "documents_chunked": rechunked,
-                "chunks_inserted": inserted,
+                "documents_chunked": published + staged,
+                "published_at_once": published,
+                "staged_for_embeddings": staged,
+                "stale_stages_discarded": discarded,
                 "largest_chunk_tokens": largest,
                 "max_tokens": manifest.chunking.max_tokens,
             }
@@ -111,13 +129,17 @@ def build_ingest_assets(
     @asset(
         partitions_def=shards,
         deps=[chunks],
+        resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
         kinds={"pytorch"},
         description=f"One vector per distinct chunk text, from {manifest.embedding.model}; "
         "cached by (model, chunk hash), so unchanged text is never embedded twice.",
     )
     def embeddings(
-        context: AssetExecutionContext, store: StoreResource, embedder: EmbedderResource
+        context: AssetExecutionContext,
+        store: StoreResource,
+        embedder: EmbedderResource,
+        shard_lease: ShardLeaseResource,
     ) -> MaterializeResult:
         grace_store, model = store.get(), embedder.get()
         shard = int(context.partition_key)
@@ -130,9 +152,11 @@ def build_ingest_assets(
             grace_store.save_embeddings(model.model_id, [chunk_hash for chunk_hash, _text in group], vectors)
             failpoint("embeddings.after_group")
         seconds = time.perf_counter() - started
+        published = grace_store.publish_staged(shard, shard_count, model.model_id)
         return MaterializeResult(
             metadata={
                 "embedded": len(todo),
+                "documents_published": published,
                 "seconds": round(seconds, 3),
                 "chunks_per_second": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
                 "model_id": model.model_id,

@@ -20,6 +20,7 @@ from grace.resources.schema import (
     purge_document,
     record_change,
     shard_key_of,
+    staged_chunks,
     utc_now,
 )
 
@@ -28,6 +29,7 @@ class Ledger:
     """The sensor side of the store; Store adds what the pipeline steps read and write."""
 
     engine: Engine
+    writer: Engine  # the same pool; its transactions take SQLite's write lock at BEGIN
 
     def documents_of(self, source: str) -> dict[str, DocumentRow]:
         """Every known document of a source that still exists on disk, by path."""
@@ -47,11 +49,13 @@ class Ledger:
 
         changed: new or different content. touched: same content, new size/mtime.
         moved: (old path, new path) with identical content. deleted: paths gone from disk.
+        A row that vanished since the scan read it (an ingest run purged it) is recorded
+        as a new pending document, never lost.
         """
         now = utc_now()
         events = 0
         involved = {path for pair in moved for path in pair} | set(deleted) | {o.path for o in [*changed, *touched]}
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             by_path = {}
             for batch in batches(sorted(involved), 500):
                 query = select(documents.c.id, documents.c.path, documents.c.status).where(
@@ -62,19 +66,24 @@ class Ledger:
                 stale = by_path.get(new_path)
                 if stale is not None:
                     purge_document(connection, stale.id)
+                # If the old row is gone, the touched entry of new_path records it as new.
                 connection.execute(
                     update(documents)
                     .where(documents.c.source == source, documents.c.path == old_path)
                     .values(path=new_path, updated_at=now)
                 )
             for observed in touched:
-                connection.execute(
+                updated = connection.execute(
                     update(documents)
                     .where(documents.c.source == source, documents.c.path == observed.path)
                     .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
                 )
+                if updated.rowcount == 0:
+                    events += _record_new(connection, source, observed, now)
             for path in deleted:
-                row = by_path[path]
+                row = by_path.get(path)
+                if row is None:
+                    continue  # already purged: nothing is left to hide
                 connection.execute(
                     update(documents).where(documents.c.id == row.id).values(status="deleted", updated_at=now)
                 )
@@ -84,24 +93,14 @@ class Ledger:
                 values = dict(
                     size=observed.size, mtime_ns=observed.mtime_ns, disk_hash=observed.disk_hash, updated_at=now
                 )
-                if row is None:
-                    document_id = new_document_id(connection, source, observed.path)
-                    connection.execute(
-                        insert(documents).values(
-                            id=document_id,
-                            source=source,
-                            path=observed.path,
-                            shard_key=shard_key_of(document_id),
-                            status="pending",
-                            **values,
-                        )
-                    )
-                else:
-                    document_id = row.id
+                if row is not None:
                     if row.status == "deleted":
                         values["status"] = "pending"
-                    connection.execute(update(documents).where(documents.c.id == document_id).values(**values))
-                events += record_change(connection, source, document_id, observed.size, now)
+                    updated = connection.execute(update(documents).where(documents.c.id == row.id).values(**values))
+                    if updated.rowcount == 1:
+                        events += record_change(connection, source, row.id, observed.size, now)
+                        continue
+                events += _record_new(connection, source, observed, now)
         return events
 
     def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
@@ -114,8 +113,14 @@ class Ledger:
             .join(chunks, chunks.c.document_id == documents.c.id)
             .where(documents.c.source == source, lacks_embedding(model_id))
         )
+        # Staged chunks wait for the embeddings step to publish them, or the chunks step to discard them.
+        by_stage = (
+            select((documents.c.shard_key % shards).label("shard"))
+            .join(staged_chunks, staged_chunks.c.document_id == documents.c.id)
+            .where(documents.c.source == source)
+        )
         with self.engine.connect() as connection:
-            return set(connection.execute(union(by_document, by_chunk)).scalars())
+            return set(connection.execute(union(by_document, by_chunk, by_stage)).scalars())
 
     def documents_at(self, source: str, paths: Iterable[str]) -> dict[str, DocumentRow]:
         """Known, undeleted documents of a source at exactly these paths."""
@@ -155,7 +160,7 @@ class Ledger:
 
     def forget_changes(self, source: str, up_to_change_id: int) -> None:
         """Drop change events a sensor has turned into run requests."""
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             connection.execute(delete(changes).where(changes.c.source == source, changes.c.id <= up_to_change_id))
 
     def retire_other_sources(self, keep: Sequence[str]) -> int:
@@ -163,10 +168,29 @@ class Ledger:
 
         They leave search at once; the next ingest run of their shard removes the rows.
         """
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             result = connection.execute(
                 update(documents)
                 .where(documents.c.source.not_in(list(keep)), documents.c.status != "deleted")
                 .values(status="deleted", updated_at=utc_now())
             )
         return result.rowcount
+
+
+def _record_new(connection, source: str, observed: ObservedFile, now) -> int:
+    """Insert a pending document for a file the store has no row for; return the change events."""
+    document_id = new_document_id(connection, source, observed.path)
+    connection.execute(
+        insert(documents).values(
+            id=document_id,
+            source=source,
+            path=observed.path,
+            shard_key=shard_key_of(document_id),
+            size=observed.size,
+            mtime_ns=observed.mtime_ns,
+            disk_hash=observed.disk_hash,
+            status="pending",
+            updated_at=now,
+        )
+    )
+    return record_change(connection, source, document_id, observed.size, now)

@@ -62,8 +62,24 @@ chunks = Table(
     Column("chunk_hash", String(64), nullable=False, index=True),
     Column("text", Text, nullable=False),
     Column("token_count", Integer, nullable=False),
+    # One writer per document: a second concurrent replace fails here instead of doubling chunks.
+    UniqueConstraint("document_id", "ordinal", name="uq_chunks_document_ordinal"),
     # Ids are never reused: a built index may still name a deleted chunk's id.
     sqlite_autoincrement=True,
+)
+
+# An edit's new chunks wait here until all their embeddings exist, then replace the live
+# chunks in one transaction: the document never drops out of search in between.
+staged_chunks = Table(
+    "staged_chunks",
+    metadata,
+    Column("document_id", String(32), ForeignKey("documents.id"), primary_key=True),
+    Column("ordinal", Integer, primary_key=True),
+    Column("chunk_hash", String(64), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    Column("token_count", Integer, nullable=False),
+    Column("text_hash", String(64), nullable=False, doc="processed_hash the chunks were cut from"),
+    Column("settings", String(128), nullable=False, doc="chunker settings the chunks were cut with"),
 )
 
 embeddings = Table(
@@ -182,15 +198,15 @@ def needs_chunking(settings_key: str) -> ColumnElement[bool]:
     )
 
 
-def has_embedding(model_id: str) -> ColumnElement[bool]:
-    """The chunk has a vector from this model.
+def has_embedding(model_id: str, chunk_hash: ColumnElement[str] = chunks.c.chunk_hash) -> ColumnElement[bool]:
+    """The chunk (live by default, or staged) has a vector from this model.
 
     An EXISTS probe, not a join: joined on model_id, SQLite's planner walks every
     embedding of the model first, which is quadratic with an IN list of chunk ids.
     """
     return (
         select(embeddings.c.chunk_hash)
-        .where(embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunks.c.chunk_hash)
+        .where(embeddings.c.model_id == model_id, embeddings.c.chunk_hash == chunk_hash)
         .exists()
     )
 
@@ -206,6 +222,7 @@ def record_change(connection, source: str, document_id: str, size: int, now: dat
 
 
 def purge_document(connection, document_id: str) -> None:
+    connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
     connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
     connection.execute(delete(changes).where(changes.c.document_id == document_id))
     connection.execute(delete(documents).where(documents.c.id == document_id))
@@ -227,22 +244,44 @@ def batches(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start : start + size]
 
 
+WRITING = "grace_writing"  # execution option: this connection's transactions write
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
+def writer_of(engine: Engine) -> Engine:
+    """The same pool, but every transaction takes SQLite's write lock when it begins.
+
+    A deferred transaction that reads first and then writes fails with "database is
+    locked" when another writer got there in between; an IMMEDIATE one waits its turn.
+    PostgreSQL ignores the option and locks rows with SELECT ... FOR UPDATE instead.
+    """
+    return engine.execution_options(**{WRITING: True})
+
+
 def _sqlite_pragmas(connection, _record) -> None:
+    # pysqlite would otherwise issue its own deferred BEGIN; _sqlite_begin decides instead.
+    connection.isolation_level = None
     # WAL lets the sensor, runs and searches read while one writer commits.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection) -> None:
+    # Readers stay deferred so WAL lets them run beside the one writer.
+    immediate = connection.get_execution_options().get(WRITING, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def document_rows():

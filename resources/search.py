@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from grace.resources.embedder import Embedder
 from grace.resources.store import Store
-from grace.resources.shard_status import coverage, shard_views, stale_fraction
+from grace.resources.shard_status import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.vector_index import ShardedIndex
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,14 @@ class Searcher:
         self.embedder = embedder
 
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
+        """The k chunks nearest to the query, best first; undecodable characters warn and become U+FFFD."""
         if not query.strip():
             raise ValueError("the query is empty; pass some words to search for")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        query, replaced = repair_query(query)
+        if replaced:
+            warnings.warn(f"the query was not valid Unicode; searching for {query!r} instead", UnicodeWarning, 2)
         vector = self.embedder.encode([query])[0]
         return self.search_vector(vector, k)
 
@@ -59,6 +68,8 @@ class Searcher:
     def _shard_candidates(self, view: ShardView, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if view.index is not None:
+            # Asking for k + tombstoned (nearest() raises the budget to match) guarantees
+            # min(k, live indexed) live ids: Annoy returns every item it was asked for.
             ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k)
             alive = np.isin(ids, view.searchable)
             ids, scores = ids[alive], scores[alive]
@@ -67,6 +78,16 @@ class Searcher:
             ids = np.concatenate([ids, pending_ids])
             scores = np.concatenate([scores, vectors @ vector.astype(np.float32)])
         return ids, scores.astype(np.float32)
+
+
+def repair_query(query: str) -> tuple[str, bool]:
+    """(query with each lone surrogate replaced by U+FFFD, whether any was).
+
+    Bytes in argv that are not UTF-8 reach Python as lone surrogates (PEP 383), and the
+    tokenizer rejects any string that holds one.
+    """
+    repaired, replaced = _LONE_SURROGATE.subn("\ufffd", query)
+    return repaired, replaced > 0
 
 
 def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
@@ -84,6 +105,7 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
                 "tombstoned": len(view.tombstoned),
                 "index_coverage": view.coverage,
                 "index_version": view.index.meta.version if view.index else None,
+                "index_problem": view.index_problem,
                 **counts,
             }
         )

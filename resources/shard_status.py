@@ -22,6 +22,7 @@ class ShardView:
     index: LoadedIndex | None  # None if missing or built with another model
     pending: np.ndarray  # searchable but not in the index
     tombstoned: np.ndarray  # in the index but no longer searchable
+    index_problem: str | None = None  # why the shard's index files are unusable, if they are
 
     @property
     def indexed(self) -> int:
@@ -46,10 +47,12 @@ def shard_views(store: Store, index: ShardedIndex, model_id: str) -> list[ShardV
 
 def shard_view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str) -> ShardView:
     """Compare a shard's searchable chunk ids with its current index (if usable)."""
+    problem = None
     try:
         loaded = index.load(shard)
-    except IndexCorrupt:
-        loaded = None  # search scans the shard exactly; the freshness sensor rebuilds it
+    except IndexCorrupt as error:
+        # Counted as unindexed: search scans the shard exactly and the freshness sensor rebuilds it.
+        loaded, problem = None, str(error)
     if loaded is not None and loaded.meta.model_id != model_id:
         loaded = None
     in_index = loaded.chunk_ids if loaded is not None else np.empty(0, dtype=np.int64)
@@ -59,6 +62,7 @@ def shard_view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id
         index=loaded,
         pending=np.setdiff1d(searchable, in_index, assume_unique=True),
         tombstoned=np.setdiff1d(in_index, searchable, assume_unique=True),
+        index_problem=problem,
     )
 
 

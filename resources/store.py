@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 
 import numpy as np
 from dagster import ConfigurableResource
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -24,12 +25,14 @@ from grace.resources.schema import (
     has_embedding,
     lacks_embedding,
     make_engine,
-    metadata,
     needs_chunking,
     needs_processing,
     purge_document,
+    staged_chunks,
     utc_now,
+    writer_of,
 )
+from grace.resources.migrations import ensure_head
 
 
 class Store(Ledger):
@@ -38,7 +41,8 @@ class Store(Ledger):
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        self.writer = writer_of(self.engine)
+        ensure_head(self.engine, url)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -50,11 +54,12 @@ class Store(Ledger):
             return [DocumentRow(*row) for row in connection.execute(query)]
 
     def set_document_text(self, document_id: str, read_hash: str, text: str) -> None:
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             _set_processed(connection, document_id, read_hash, status="active", reason=None, text=text)
 
     def quarantine_document(self, document_id: str, read_hash: str, reason: str) -> None:
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
+            connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
             connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
             _set_processed(
                 connection, document_id, read_hash, status="quarantined", reason=reason, text=None, chunked_hash=None
@@ -62,7 +67,7 @@ class Store(Ledger):
 
     def purge_document(self, document_id: str) -> None:
         """Remove a deleted document and its chunks; its vectors become tombstones."""
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             purge_document(connection, document_id)
 
     # --- chunks -------------------------------------------------------------------------
@@ -80,58 +85,110 @@ class Store(Ledger):
     def replace_chunks(
         self, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str
     ) -> int:
-        """Make a document's chunks exactly new_chunks, cut from the text with text_hash.
+        """Make a document's chunks exactly new_chunks now, dropping any staged ones.
 
-        Rows whose text is unchanged are kept with their ids, so their vectors stay valid
-        in the built index. Returns how many chunk rows were inserted.
+        Returns how many chunk rows were inserted (0 if the document is gone).
         """
-        with self.engine.begin() as connection:
-            existing: dict[str, list[int]] = {}
-            for chunk_id, chunk_hash in connection.execute(
-                select(chunks.c.id, chunks.c.chunk_hash)
-                .where(chunks.c.document_id == document_id)
-                .order_by(chunks.c.id)
-            ):
-                existing.setdefault(chunk_hash, []).append(chunk_id)
-            inserted = []
-            for chunk in new_chunks:
-                reusable = existing.get(chunk.chunk_hash)
-                if reusable:
-                    connection.execute(
-                        update(chunks).where(chunks.c.id == reusable.pop(0)).values(ordinal=chunk.ordinal)
-                    )
-                else:
-                    inserted.append(
-                        dict(
-                            document_id=document_id,
-                            ordinal=chunk.ordinal,
-                            chunk_hash=chunk.chunk_hash,
-                            text=chunk.text,
-                            token_count=chunk.token_count,
-                        )
-                    )
-            leftover = [chunk_id for ids in existing.values() for chunk_id in ids]
-            if leftover:
-                connection.execute(delete(chunks).where(chunks.c.id.in_(leftover)))
-            if inserted:
-                connection.execute(insert(chunks), inserted)
+        with self.writer.begin() as connection:
+            if _lock_document(connection, document_id) is None:
+                return 0
+            connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
+            return _replace_chunks(connection, document_id, text_hash, new_chunks, settings_key)
+
+    def stage_chunks(
+        self, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str, model_id: str
+    ) -> bool:
+        """Set a document's new chunks aside until their embeddings exist, so its old chunks stay
+        searchable meanwhile; if every one is embedded already, publish them at once.
+
+        Returns whether the new chunks are live now.
+        """
+        with self.writer.begin() as connection:
+            if _lock_document(connection, document_id) is None:
+                return False
+            connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
+            if _all_embedded(connection, model_id, {chunk.chunk_hash for chunk in new_chunks}):
+                _replace_chunks(connection, document_id, text_hash, new_chunks, settings_key)
+                return True
             connection.execute(
-                update(documents)
-                .where(documents.c.id == document_id)
-                .values(chunked_hash=text_hash, chunk_settings=settings_key)
+                insert(staged_chunks),
+                [
+                    dict(document_id=document_id, text_hash=text_hash, settings=settings_key, **asdict(chunk))
+                    for chunk in new_chunks
+                ],
             )
-        return len(inserted)
+        return False
+
+    def discard_stale_stages(self, shard: int, shards: int, settings_key: str) -> int:
+        """Drop staged chunks cut from text or settings a document no longer has (left by a dead run)."""
+        stale = (
+            select(documents.c.id)
+            .where(
+                documents.c.id == staged_chunks.c.document_id,
+                documents.c.shard_key % shards == shard,
+                (documents.c.status != "active")
+                | documents.c.processed_hash.is_distinct_from(staged_chunks.c.text_hash)
+                | (staged_chunks.c.settings != settings_key),
+            )
+            .exists()
+        )
+        with self.writer.begin() as connection:
+            return connection.execute(delete(staged_chunks).where(stale)).rowcount
+
+    def publish_staged(self, shard: int, shards: int, model_id: str) -> int:
+        """Swap in the staged chunks of every document of the shard whose staged chunks all have
+        embeddings, each document in one transaction. Returns how many documents went live."""
+        lacking = select(staged_chunks.c.document_id).where(~has_embedding(model_id, staged_chunks.c.chunk_hash))
+        ready = (
+            select(staged_chunks.c.document_id)
+            .join(documents, documents.c.id == staged_chunks.c.document_id)
+            .where(documents.c.shard_key % shards == shard, staged_chunks.c.document_id.not_in(lacking))
+            .distinct()
+            .order_by(staged_chunks.c.document_id)
+        )
+        with self.engine.connect() as connection:
+            document_ids = list(connection.execute(ready).scalars())
+        return sum(self._publish(document_id, model_id) for document_id in document_ids)
+
+    def _publish(self, document_id: str, model_id: str) -> bool:
+        with self.writer.begin() as connection:
+            document = _lock_document(connection, document_id)
+            of_document = staged_chunks.c.document_id == document_id
+            by_ordinal = select(staged_chunks).where(of_document).order_by(staged_chunks.c.ordinal)
+            staged = connection.execute(by_ordinal).all()
+            # Under the lock, the stage must still be cut from the document's current text and be
+            # fully embedded; if not, the next chunks step re-stages or discards it.
+            cut_from = {(row.text_hash, row.settings) for row in staged}
+            current = document is not None and document.status == "active" and len(cut_from) == 1
+            if not (current and staged[0].text_hash == document.processed_hash):
+                return False
+            if not _all_embedded(connection, model_id, {row.chunk_hash for row in staged}):
+                return False
+            new_chunks = [NewChunk(row.ordinal, row.chunk_hash, row.text, row.token_count) for row in staged]
+            _replace_chunks(connection, document_id, staged[0].text_hash, new_chunks, staged[0].settings)
+            connection.execute(delete(staged_chunks).where(of_document))
+        return True
 
     # --- embeddings ---------------------------------------------------------------------
 
     def chunks_to_embed(self, shard: int, shards: int, model_id: str) -> list[tuple[str, str]]:
-        """(chunk hash, text) of a shard's active chunks that have no embedding yet, unique by hash."""
-        query = (
-            select(chunks.c.chunk_hash, func.min(chunks.c.text))
+        """(chunk hash, text) of a shard's live and staged chunks that have no embedding yet, unique by hash."""
+        in_shard = documents.c.shard_key % shards == shard
+        live = (
+            select(chunks.c.chunk_hash, chunks.c.text)
             .join(documents, documents.c.id == chunks.c.document_id)
-            .where(documents.c.shard_key % shards == shard, lacks_embedding(model_id))
-            .group_by(chunks.c.chunk_hash)
-            .order_by(chunks.c.chunk_hash)
+            .where(in_shard, lacks_embedding(model_id))
+        )
+        staged = (
+            select(staged_chunks.c.chunk_hash, staged_chunks.c.text)
+            .join(documents, documents.c.id == staged_chunks.c.document_id)
+            .where(in_shard, documents.c.status == "active", ~has_embedding(model_id, staged_chunks.c.chunk_hash))
+        )
+        both = union_all(live, staged).subquery()
+        query = (
+            select(both.c.chunk_hash, func.min(both.c.text))
+            .group_by(both.c.chunk_hash)
+            .order_by(both.c.chunk_hash)
         )
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query)]
@@ -145,7 +202,7 @@ class Store(Ledger):
         ]
         if not rows:
             return
-        with self.engine.begin() as connection:
+        with self.writer.begin() as connection:
             dialect = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
             connection.execute(dialect(embeddings).on_conflict_do_nothing(), rows)
 
@@ -245,6 +302,63 @@ class Store(Ledger):
             query = query.where(documents.c.source == source)
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query.order_by(documents.c.path))]
+
+
+def _lock_document(connection: Connection, document_id: str):
+    """The document's row, locked until the transaction ends (SQLite's IMMEDIATE begin locks it all)."""
+    query = select(documents.c.status, documents.c.processed_hash).where(documents.c.id == document_id)
+    return connection.execute(query.with_for_update()).first()
+
+
+def _all_embedded(connection: Connection, model_id: str, chunk_hashes: set[str]) -> bool:
+    found = 0
+    for batch in batches(sorted(chunk_hashes), 500):
+        found += connection.execute(
+            select(func.count()).where(embeddings.c.model_id == model_id, embeddings.c.chunk_hash.in_(batch))
+        ).scalar_one()
+    return found == len(chunk_hashes)
+
+
+def _replace_chunks(
+    connection: Connection, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str
+) -> int:
+    """Make a locked document's chunks exactly new_chunks; return how many rows were inserted.
+
+    Rows whose text is unchanged keep their ids, so their vectors stay valid in the built
+    index. Every statement keeps (document_id, ordinal) unique: leftovers go first, and
+    reused rows pass through negative ordinals so no two ever share one on the way.
+    """
+    existing: dict[str, list[tuple[int, int]]] = {}
+    for chunk_id, chunk_hash, ordinal in connection.execute(
+        select(chunks.c.id, chunks.c.chunk_hash, chunks.c.ordinal)
+        .where(chunks.c.document_id == document_id)
+        .order_by(chunks.c.id)
+    ):
+        existing.setdefault(chunk_hash, []).append((chunk_id, ordinal))
+    moves, inserted = [], []
+    for chunk in new_chunks:
+        reusable = existing.get(chunk.chunk_hash)
+        if reusable:
+            chunk_id, ordinal = reusable.pop(0)
+            if ordinal != chunk.ordinal:
+                moves.append({"chunk_id": chunk_id, "new_ordinal": chunk.ordinal})
+        else:
+            inserted.append(dict(document_id=document_id, **asdict(chunk)))
+    leftover = [chunk_id for pairs in existing.values() for chunk_id, _ordinal in pairs]
+    for batch in batches(leftover, 500):
+        connection.execute(delete(chunks).where(chunks.c.id.in_(batch)))
+    by_id = chunks.c.id == bindparam("chunk_id")
+    if moves:
+        connection.execute(update(chunks).where(by_id).values(ordinal=-1 - bindparam("new_ordinal")), moves)
+        connection.execute(update(chunks).where(by_id).values(ordinal=bindparam("new_ordinal")), moves)
+    if inserted:
+        connection.execute(insert(chunks), inserted)
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id)
+        .values(chunked_hash=text_hash, chunk_settings=settings_key)
+    )
+    return len(inserted)
 
 
 def _set_processed(connection, document_id: str, read_hash: str, **values: object) -> None:

@@ -32,6 +32,7 @@ class IndexVersion:
     ids_file: str
     index_sha256: str
     built_at: float
+    index_bytes: int | None = None  # absent from pointers written before sizes were recorded
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,16 @@ class LoadedIndex:
     chunk_ids: np.ndarray  # position in the index -> chunk id
 
     def nearest(self, query: np.ndarray, count: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, cosine similarities) of the count nearest items, best first."""
+        """(chunk ids, cosine similarities) of the count nearest items, best first.
+
+        search_k is raised to at least count * trees (Annoy's own default for count), since a
+        budget below that returns fewer than count items from an index that holds more.
+        """
         if self.annoy is None or count <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        budget = max(search_k, count * self.annoy.get_n_trees())
         positions, distances = self.annoy.get_nns_by_vector(
-            query.tolist(), count, search_k=search_k, include_distances=True
+            query.tolist(), count, search_k=budget, include_distances=True
         )
         # Annoy's angular distance is sqrt(2 - 2 cos).
         similarity = 1.0 - np.square(np.asarray(distances, dtype=np.float32)) / 2.0
@@ -83,7 +89,7 @@ class ShardedIndex:
         version = f"{time.time_ns():020d}"
         index_file, ids_file = f"v{version}.ann", f"v{version}.ids.npy"
         dimension = int(vectors.shape[1]) if len(chunk_ids) else 0
-        digest = ""
+        digest, size = "", 0
         if len(chunk_ids):
             annoy = AnnoyIndex(dimension, "angular")
             for position, vector in enumerate(vectors):
@@ -91,7 +97,7 @@ class ShardedIndex:
             annoy.build(self.trees, n_jobs=1)
             _write_atomically(folder / index_file, lambda tmp: annoy.save(str(tmp)))
             annoy.unload()
-            digest = file_sha256(folder / index_file)
+            digest, size = file_sha256(folder / index_file), (folder / index_file).stat().st_size
         _write_atomically(folder / ids_file, lambda tmp: _save_ids(tmp, chunk_ids))
         meta = IndexVersion(
             version=version,
@@ -102,6 +108,7 @@ class ShardedIndex:
             ids_file=ids_file,
             index_sha256=digest,
             built_at=time.time(),
+            index_bytes=size,
         )
         failpoint("index.before_swap")
         _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
@@ -110,37 +117,35 @@ class ShardedIndex:
         return meta
 
     def load(self, shard: int) -> LoadedIndex | None:
-        """The current index of a shard (memory-mapped), or None if none was built."""
+        """The current index of a shard (memory-mapped), or None if none was built.
+
+        Its size and checksum are verified before Annoy maps it (Annoy trusts the file and
+        crashes the process on a damaged one), once per process for each version and file state.
+        """
+        folder = self.shard_dir(shard)
         for _attempt in range(3):
             meta = self.current(shard)
             if meta is None:
                 return None
             try:
-                loaded = _load_version(str(self.shard_dir(shard)), meta)
-                if meta.items and not (self.shard_dir(shard) / meta.index_file).exists():
-                    raise IndexCorrupt(f"shard {shard}: {meta.index_file} was deleted")
-                return loaded
+                state = os.stat(folder / meta.index_file) if meta.items else None
+                file_state = (state.st_size, state.st_mtime_ns, state.st_ino) if state else None
+                return _load_version(str(folder), meta, file_state)
             except FileNotFoundError:
                 continue  # swapped and cleaned up between reading the pointer and opening
-            except (OSError, ValueError) as error:
+            except (IndexCorrupt, OSError, ValueError) as error:
                 raise IndexCorrupt(f"shard {shard}: {error}") from error
         raise IndexCorrupt(f"shard {shard}: files named by {self.shard_dir(shard) / POINTER} are missing")
 
     def verify(self, shard: int) -> LoadedIndex | None:
-        """Like load, but also prove the files are the ones that were built (checksum, sizes)."""
+        """Like load, but re-reads the files now instead of trusting this process's cache."""
         meta = self.current(shard)
         if meta is None:
             return None
-        folder = self.shard_dir(shard)
         try:
-            if meta.items and file_sha256(folder / meta.index_file) != meta.index_sha256:
-                raise IndexCorrupt(f"shard {shard}: {meta.index_file} does not match its checksum")
-            loaded = _load_version.__wrapped__(str(folder), meta)
-        except (FileNotFoundError, OSError, ValueError) as error:
+            return _open_version(str(self.shard_dir(shard)), meta)
+        except (IndexCorrupt, OSError, ValueError) as error:
             raise IndexCorrupt(f"shard {shard}: {error}") from error
-        if len(loaded.chunk_ids) != meta.items or (loaded.annoy and loaded.annoy.get_n_items() != meta.items):
-            raise IndexCorrupt(f"shard {shard}: index holds a different number of items than recorded")
-        return loaded
 
     def _remove_old_versions(self, folder: Path) -> None:
         versions = sorted({path.name.split(".")[0] for path in folder.glob("v*.ids.npy")})
@@ -152,18 +157,36 @@ class ShardedIndex:
                 leftover.unlink(missing_ok=True)
 
 
-@functools.lru_cache(maxsize=256)
-def _load_version(folder: str, meta: IndexVersion) -> LoadedIndex:
-    # Versions are immutable, so a loaded one is cached for the life of the process.
+def _open_version(folder: str, meta: IndexVersion) -> LoadedIndex:
+    """Check a version's files against its pointer (size, checksum, item counts), then map it."""
     chunk_ids = np.load(Path(folder) / meta.ids_file)
+    if len(chunk_ids) != meta.items:
+        raise IndexCorrupt(f"{meta.ids_file} holds {len(chunk_ids)} ids, the pointer says {meta.items}")
     annoy = None
     if meta.items:
-        annoy = AnnoyIndex(meta.dimension, "angular")
         path = Path(folder) / meta.index_file
-        if not path.exists():
-            raise FileNotFoundError(path)
-        annoy.load(str(path))
+        size = path.stat().st_size
+        if meta.index_bytes is not None and size != meta.index_bytes:
+            raise IndexCorrupt(f"{meta.index_file} is {size} bytes, it was built with {meta.index_bytes}")
+        if file_sha256(path) != meta.index_sha256:
+            raise IndexCorrupt(f"{meta.index_file} does not match its checksum")
+        annoy = AnnoyIndex(meta.dimension, "angular")
+        try:
+            annoy.load(str(path))
+        except OSError:
+            if not path.exists():
+                raise FileNotFoundError(path) from None  # cleaned up by a newer build: retry
+            raise
+        if annoy.get_n_items() != meta.items:
+            raise IndexCorrupt(f"{meta.index_file} holds {annoy.get_n_items()} items, the pointer says {meta.items}")
     return LoadedIndex(meta, annoy, chunk_ids)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_version(folder: str, meta: IndexVersion, file_state: tuple[int, int, int] | None) -> LoadedIndex:
+    # Versions are immutable, so a verified one is cached; file_state (size, mtime, inode) is in
+    # the key so that a file damaged after it was verified is verified again, not trusted.
+    return _open_version(folder, meta)
 
 
 def _save_ids(path: Path, chunk_ids: np.ndarray) -> None:

@@ -73,7 +73,12 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             dirty = None
         if reconcile_due:
             cursor.reconciled_at = time.time()
-        scan = reconcile(grace_store, source, dirty)
+        try:
+            scan = reconcile(grace_store, source, dirty)
+        except Exception:
+            if watcher:  # the drained paths are acknowledged only once their scan has committed
+                watcher.journal.give_back(dirty)
+            raise
         pending = grace_store.pending_changes(source.name, cursor.last_change, shards)
         cursor.last_change = pending.last_change_id
         requests = [

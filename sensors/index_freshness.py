@@ -39,13 +39,12 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
         requests = []
         for view in shard_views(grace_store, index, model_id):
             fraction = view.stale_fraction
-            if fraction < threshold or run_in_flight(context.instance, REBUILD_JOB, view.shard):
+            # Damaged index files are rebuilt even when the shard holds nothing searchable.
+            due = fraction >= threshold or view.index_problem is not None
+            if not due or run_in_flight(context.instance, REBUILD_JOB, view.shard):
                 continue
-            requests.append(
-                RunRequest(
-                    partition_key=str(view.shard), tags=rebuild_tags(view.shard, f"stale fraction {fraction:.3f}")
-                )
-            )
+            reason = "index files damaged" if view.index_problem else f"stale fraction {fraction:.3f}"
+            requests.append(RunRequest(partition_key=str(view.shard), tags=rebuild_tags(view.shard, reason)))
         return requests or SkipReason(f"every shard is under {threshold:.0%} stale or already rebuilding")
 
     return index_freshness

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from grace.core.manifest import SourceConfig
-from grace.sensors.scan import Dirty, matches
+from grace.sensors.scan import Dirty, excluded_folder, matches
 
 JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
 IGNORED_EVENTS = {"opened", "closed_no_write"}
@@ -27,11 +28,16 @@ log = logging.getLogger(__name__)
 
 
 class Journal(FileSystemEventHandler):
-    """Records the paths that watchdog reports, relative to the folder; thread-safe."""
+    """Records the paths that watchdog reports, relative to the folder; thread-safe.
 
-    def __init__(self, root: Path, patterns: list[str]):
+    A tick drains the journal and gives the batch back if it fails before its scan commits,
+    so no event is lost to a failed tick.
+    """
+
+    def __init__(self, root: Path, patterns: Sequence[str], exclude: Sequence[str] = ()):
         self.root = root
         self.patterns = patterns
+        self.exclude = exclude
         self._dirty = Dirty()
         self._overflowed = False
         self._lock = threading.Lock()
@@ -53,11 +59,16 @@ class Journal(FileSystemEventHandler):
         if relative == ".":
             self._overflowed = True  # the folder itself moved or vanished: rescan everything
         elif is_directory:
-            self._dirty.folders.add(relative)
-        elif matches(relative, self.patterns):
+            if not self._in_excluded_folder(relative):
+                self._dirty.folders.add(relative)
+        elif matches(relative, self.patterns) and not matches(relative, self.exclude):
             self._dirty.files.add(relative)
         if len(self._dirty) > JOURNAL_LIMIT:
             self._overflowed = True
+
+    def _in_excluded_folder(self, relative_folder: str) -> bool:
+        parts = relative_folder.split("/")
+        return any(excluded_folder("/".join(parts[:depth]), self.exclude) for depth in range(1, len(parts) + 1))
 
     def drain(self) -> Dirty | None:
         """What changed since the last drain, or None if only a full scan can tell."""
@@ -66,13 +77,24 @@ class Journal(FileSystemEventHandler):
             self._dirty, self._overflowed = Dirty(), False
         return None if overflowed else dirty
 
+    def give_back(self, batch: Dirty | None) -> None:
+        """Take back a drained batch whose tick failed; None (a full scan) makes the next drain None too."""
+        with self._lock:
+            if batch is None:
+                self._overflowed = True
+            else:
+                self._dirty.files |= batch.files
+                self._dirty.folders |= batch.folders
+            if len(self._dirty) > JOURNAL_LIMIT:
+                self._overflowed = True
+
 
 class FolderWatcher:
     """A running watchdog observer over one source folder."""
 
     def __init__(self, source: SourceConfig):
         source.path.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(source.path, source.patterns)
+        self.journal = Journal(source.path, source.patterns, source.exclude)
         self.observer = Observer()
         self.observer.schedule(self.journal, str(source.path), recursive=True)
         self.observer.daemon = True

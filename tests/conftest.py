@@ -1,31 +1,103 @@
-"""Shared fixtures: manifests in temporary folders, stores on SQLite and on the real PostgreSQL."""
+"""Shared fixtures: manifests in temporary folders, stores on SQLite and on PostgreSQL.
+
+PostgreSQL is the server at GRACE_TEST_POSTGRES (default: postgres@127.0.0.1:5432/test). When
+nothing answers there, the session starts a throwaway server from the pgserver wheel instead,
+so `make test` works on a machine that has no PostgreSQL installed.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-POSTGRES_ADMIN_URL = os.environ.get("GRACE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PROBE_TIMEOUT_SECONDS = 2
+
+
+def configured_postgres_url() -> str:
+    return os.environ.get("GRACE_TEST_POSTGRES", DEFAULT_POSTGRES_URL)
+
+
+def postgres_answers(url: str) -> bool:
+    """Whether a PostgreSQL server accepts a connection at url within PROBE_TIMEOUT_SECONDS."""
+    engine = sqlalchemy.create_engine(
+        url, poolclass=NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT_SECONDS}
+    )
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return True
+    except sqlalchemy.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def postgres_server(url: str) -> Iterator[str]:
+    """An admin URL of a live PostgreSQL server: url itself if it answers, else a throwaway server.
+
+    The throwaway server comes from the pgserver wheel (PostgreSQL binaries, no system install),
+    listens on a Unix socket in a fresh temporary folder, and is stopped and deleted on exit.
+    As root, pgserver runs initdb and postgres as a `pgserver` system user it creates, since
+    initdb refuses to run as root.
+    """
+    if postgres_answers(url):
+        yield url
+        return
+    pgdata = Path(tempfile.mkdtemp(prefix="grace-test-postgres-"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset under CI
+        import pgserver
+
+        server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield make_url(server.get_uri()).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """Probed once per session, and only when a PostgreSQL test runs."""
+    with postgres_server(configured_postgres_url()) as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server at admin_url, dropped on exit."""
+    name = f"grace_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture
-def postgres_url():
-    """A fresh database on the real PostgreSQL server, dropped afterwards."""
-    name = f"grace_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+def postgres_url(postgres_admin_url):
+    """A fresh database on the session's PostgreSQL server, dropped afterwards."""
+    with fresh_postgres_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

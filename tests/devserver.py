@@ -63,6 +63,12 @@ class DevServer:
         self.stop()
         raise TimeoutError(f"grace dev did not answer on port {self.port}; see {self.log_path}")
 
+    def signal_member(self, pid: int, signum: int) -> None:
+        """Signal one process of this server's group (a run worker); any other pid is refused."""
+        if self.process is None or os.getpgid(pid) != self.process.pid:
+            raise ValueError(f"pid {pid} is not a process of this grace dev's group; not signalling it")
+        os.kill(pid, signum)
+
     def stop(self, grace_seconds: float = 30.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left of it."""
         if self.process is None:

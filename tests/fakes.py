@@ -1,6 +1,8 @@
 """A fake embedder for plumbing tests: bag-of-words hashing, same interface as Embedder.
 
-Every feature also has a test on the real model; this one only keeps unit tests fast.
+Every feature that changes search results also has a test on the real model
+(tests/test_real_model.py, tests/test_cli.py, the real-model crash test); this one only keeps
+plumbing tests fast.
 """
 
 from __future__ import annotations

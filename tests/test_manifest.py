@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from grace.cli import main
 from grace.definitions import build_definitions
 from grace.core.manifest import ManifestError, load_manifest
+from grace.core.manifest_errors import read_yaml_with_lines
 
 
 def errors_of(write_manifest, text: str) -> str:
@@ -39,7 +41,7 @@ def test_shipped_manifest_is_valid():
     [
         (
             "sources:\n  - name: docs\n    path: x\n    colour: blue\n",
-            ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: max_bytes, name"],
+            ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: exclude, max_bytes, name"],
         ),
         ("index:\n  shards: 0\n", ["grace.yaml:2: index.shards", "greater than or equal to 1"]),
         ("index:\n  shards: many\n", ["grace.yaml:2: index.shards", "valid integer"]),
@@ -135,3 +137,77 @@ def test_project_files_load_the_code_location(tmp_path, target):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful for code location grace" in result.stdout + result.stderr
+
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("inbox", "inbox"), ("inbox", "inbox/sub"), ("inbox/sub", "inbox"), ("inbox", "other/../inbox")],
+)
+def test_overlapping_source_folders_are_rejected(write_manifest, tmp_path, first, second):
+    message = errors_of(write_manifest, f"sources:\n  - {{name: a, path: {first}}}\n  - {{name: b, path: {second}}}\n")
+    assert "grace.yaml:1: sources" in message, message
+    assert f"'a' ({tmp_path / first}) and 'b' ({(tmp_path / second).resolve()}) overlap" in message, message
+    assert "merge them into one source or point them at disjoint folders" in message
+
+
+def test_sibling_folders_with_a_common_prefix_do_not_overlap(write_manifest):
+    manifest = load_manifest(write_manifest("sources:\n  - {name: a, path: inbox}\n  - {name: b, path: inbox2}\n"))
+    assert [source.name for source in manifest.sources] == ["a", "b"]
+
+
+def test_exclude_defaults_to_hidden_lock_and_backup_files_and_can_be_emptied(write_manifest):
+    default = load_manifest(write_manifest("sources: [{name: docs, path: inbox}]\n")).sources[0]
+    assert default.exclude == ["**/.*", "**/.*/**", "**/~$*", "**/*~"]
+    everything = load_manifest(write_manifest("sources: [{name: docs, path: inbox, exclude: []}]\n")).sources[0]
+    assert everything.exclude == []
+    message = errors_of(write_manifest, "sources: [{name: docs, path: inbox, exclude: ['../x']}]\n")
+    assert "sources[0].exclude" in message and "inside the folder" in message
+
+
+def alias_bomb(levels: int) -> str:
+    """A manifest whose last anchor stands for 9 ** levels strings, written in a few hundred bytes."""
+    lines = ["bomb0: &bomb0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"bomb{level}: &bomb{level} [{', '.join([f'*bomb{level - 1}'] * 9)}]" for level in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [9, 20])
+def test_alias_bombs_are_rejected_at_once(write_manifest, levels):
+    path = write_manifest(alias_bomb(levels))
+    started = time.perf_counter()
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert time.perf_counter() - started < 0.5
+    # 9 ** 5 strings pass 100,000 at the sixth line (bomb5).
+    assert "grace.yaml:6: (yaml): aliases expand too far" in str(caught.value)
+
+
+def test_anchors_aliases_and_merge_keys_still_load(write_manifest):
+    manifest = load_manifest(
+        write_manifest(
+            "sources:\n"
+            "  - &docs {name: docs, path: docs, patterns: &txt ['**/*.txt'], max_bytes: 1KB}\n"
+            "  - {<<: *docs, name: notes, path: notes}\n"
+            "  - {name: mail, path: mail, patterns: *txt}\n"
+        )
+    )
+    assert [(s.name, s.patterns, int(s.max_bytes)) for s in manifest.sources] == [
+        ("docs", ["**/*.txt"], 1000),
+        ("notes", ["**/*.txt"], 1000),
+        ("mail", ["**/*.txt"], 20_000_000),
+    ]
+    data, _line_of = read_yaml_with_lines(alias_bomb(4), "grace.yaml")  # 9 ** 5 values: under the limit
+    assert len(data["bomb4"]) == 9 and data["bomb4"][8][8][8][8] == ["lol"] * 9
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("state_dir: &loop [*loop]\n", "grace.yaml:1: (yaml): an alias refers to a value that contains it"),
+        ("state_dir: " + "[" * 5000 + "]" * 5000 + "\n", "grace.yaml: (yaml): nested too deeply"),
+    ],
+    ids=["cycle", "deep"],
+)
+def test_self_referring_and_deeply_nested_yaml_are_errors(write_manifest, text, expected):
+    assert expected in errors_of(write_manifest, text)

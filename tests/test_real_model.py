@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from dagster import build_sensor_context
 
 from grace.resources.chunking import Chunker
 from grace.resources.embedder import EmbedderResource
@@ -77,15 +79,41 @@ def test_no_chunk_is_truncated_by_the_model(real_embedder):
         assert len(ids) == chunk.token_count
 
 
-def test_importing_the_code_location_stays_light(tmp_path):
-    (tmp_path / "grace.yaml").write_text("sources: [{name: docs, path: inbox}]\n")
-    probe = (
-        "import sys, grace.definitions;"
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules];"
-        "assert not heavy, heavy"
+LIGHT_PROBE = """
+import json, sys
+from dagster import DagsterInstance, SensorResult, build_sensor_context
+from grace.core.manifest import load_manifest
+from grace.definitions import build_definitions
+
+defs = build_definitions(load_manifest(sys.argv[1]))
+requested = {}
+with DagsterInstance.ephemeral() as instance:
+    for name in ("watch_docs", "index_freshness"):
+        with build_sensor_context(instance=instance, resources=defs.resources) as context:
+            result = defs.resolve_sensor_def(name)(context)
+        if isinstance(result, SensorResult):
+            result = result.run_requests or []
+        requested[name] = sorted(r.partition_key for r in result) if isinstance(result, list) else []
+heavy = sorted(m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules)
+print(json.dumps({"requested": requested, "heavy": heavy}))
+"""
+
+
+def test_the_code_location_and_its_ticks_stay_light(tmp_path):
+    """What the code server does (build the Definitions, tick the sensors) never imports the model stack."""
+    manifest = tmp_path / "grace.yaml"
+    manifest.write_text("sources: [{name: docs, path: inbox}]\nindex: {shards: 1}\n")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "note.txt").write_text("a note the first tick must find")
+    environment = {**os.environ, "GRACE_CONFIG": str(manifest)}
+    probe = subprocess.run(
+        [sys.executable, "-c", LIGHT_PROBE, str(manifest)],
+        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
-    environment = {**os.environ, "GRACE_CONFIG": str(tmp_path / "grace.yaml")}
-    subprocess.run([sys.executable, "-c", probe], check=True, env=environment, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["requested"] == {"watch_docs": ["0"], "index_freshness": []}, "the tick really ran"
+    assert report["heavy"] == []
 
 
 def test_incremental_sync_on_the_real_model(deployment):
@@ -114,3 +142,48 @@ def test_python_search_function(deployment):
     config = deployment.root / "grace.yaml"
     assert search("how do I make bread at home", k=1, config=config)[0].path == "baking.md"
     assert stats(config)["total"]["total_embeddings"] == len(CORPUS)
+
+
+def test_quarantine_never_blocks_search_and_a_fixed_file_leaves_it(deployment):
+    deployment.drop("binary.txt", b"\x00\x01 espresso and croissants")
+    deployment.drop("cafe.txt", "Le caf\u00e9 du port sert des croissants chauds.".encode("latin-1"))
+    deployment.sync()
+    reasons = {path: reason for _source, path, reason in deployment.store.quarantined()}
+    assert set(reasons) == {"binary.txt", "cafe.txt"} and "not UTF-8" in reasons["cafe.txt"]
+    assert not {hit.path for hit in deployment.search("croissants and coffee", k=10)} & set(reasons)
+    assert deployment.search("how do I make bread at home", k=1)[0].path == "baking.md"
+    deployment.drop("cafe.txt", "The cafe by the harbour serves warm croissants and strong coffee every morning.")
+    deployment.sync()
+    assert [path for _source, path, _reason in deployment.store.quarantined()] == ["binary.txt"]
+    assert deployment.search("breakfast pastries near the port", k=1)[0].path == "cafe.txt"
+
+
+def test_stats_follow_an_edit_and_the_rebuild_on_the_real_model(deployment):
+    total = deployment.stats()["total"]
+    assert (total["total_embeddings"], total["indexed_embeddings"], total["pending"]) == (len(CORPUS), len(CORPUS), 0)
+    deployment.drop("sailing.md", "The glacier calved an iceberg the size of a city block into the fjord.")
+    deployment.sync(rebuild=False)
+    total = deployment.stats()["total"]
+    assert (total["total_embeddings"], total["pending"], total["tombstoned"]) == (len(CORPUS), 1, 1)
+    assert total["index_coverage"] == (len(CORPUS) - 1) / len(CORPUS)
+    assert deployment.search("ice breaking off into the sea", k=1)[0].path == "sailing.md"  # pending, scanned exactly
+    for shard in range(2):
+        assert deployment.rebuild(shard).success
+    total = deployment.stats()["total"]
+    assert (total["pending"], total["tombstoned"], total["index_coverage"]) == (0, 0, 1.0)
+    assert deployment.search("ice breaking off into the sea", k=1)[0].path == "sailing.md"  # now from the index
+
+
+def test_a_deleted_index_is_scanned_exactly_then_rebuilt(deployment):
+    shard = next(s for s in range(2) if deployment.index.current(s) and deployment.index.current(s).items)
+    (deployment.index.shard_dir(shard) / deployment.index.current(shard).index_file).unlink()
+    for query, expected in PARAPHRASES.items():
+        assert deployment.search(query, k=1)[0].path == expected, query
+    assert deployment.stats()["shards"][shard]["index_problem"]
+    with build_sensor_context(instance=deployment.instance, resources=deployment.resources) as context:
+        requested = deployment.defs.resolve_sensor_def("index_freshness")(context)
+    assert [request.partition_key for request in requested] == [str(shard)]
+    assert deployment.rebuild(shard).success
+    assert deployment.check().passed and deployment.stats()["total"]["index_coverage"] == 1.0
+    for query, expected in PARAPHRASES.items():
+        assert deployment.search(query, k=1)[0].path == expected, query

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
+from watchdog.events import DirCreatedEvent, FileCreatedEvent, FileModifiedEvent
 
 from grace.core.manifest import SourceConfig
 from grace.resources.store import Store
-from grace.sensors.scan import glob_regex, list_files
+from grace.sensors.scan import Dirty, glob_regex, list_files
 from grace.sensors.scan import reconcile as scan_source
+from grace.sensors.watcher import Journal
 
 
 @pytest.mark.parametrize(
@@ -48,13 +51,17 @@ def write(source, relative: str, content: bytes) -> None:
     path.write_bytes(content)
 
 
-def test_symlinks_are_not_followed_out_of_the_folder(source, tmp_path):
+def test_symlinks_are_listed_but_never_followed(source, store, tmp_path):
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret.txt").write_text("secret")
+    (tmp_path / "outside" / "deep.txt").write_text("deep secret")
     write(source, "inside.txt", b"ok")
     os.symlink(tmp_path / "outside", source.path / "link")
     os.symlink(tmp_path / "outside" / "secret.txt", source.path / "secret.txt")
-    assert set(list_files(source.path, source.patterns)) == {"inside.txt"}
+    assert set(list_files(source.path, source.patterns)) == {"inside.txt", "secret.txt"}  # nothing under link/
+    recorded = {o.path: o.disk_hash for o in scan_source(store, source).changed}
+    assert recorded["secret.txt"].startswith("refused:symlink:")  # the target was never hashed
+    assert recorded["inside.txt"] == hashlib.sha256(b"ok").hexdigest()
 
 
 def test_missing_folder_lists_nothing(tmp_path):
@@ -88,3 +95,66 @@ def test_hostile_file_names(source, store):
     for name in names:
         write(source, name, name.encode())
     assert sorted(o.path for o in scan_source(store, source).changed) == sorted(names)
+
+
+def test_default_excludes_skip_hidden_lock_and_backup_files(source, store):
+    for name in ["keep.txt", ".hidden.txt", ".#lock.txt", "~$report.txt", "draft.txt~", "sub/.DS_Store.txt",
+                 ".git/notes.txt", "sub/.cache/deep/x.txt", "sub/ok.txt"]:
+        write(source, name, b"text")
+    assert sorted(o.path for o in scan_source(store, source).changed) == ["keep.txt", "sub/ok.txt"]
+
+
+def test_excluded_folders_are_not_entered(source, monkeypatch):
+    write(source, ".git/objects/a.txt", b"x")
+    write(source, "notes/a.txt", b"x")
+    entered = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda folder: entered.append(str(folder)) or real_scandir(folder))
+    assert set(list_files(source.path, source.patterns, exclude=source.exclude)) == {"notes/a.txt"}
+    assert not any(".git" in folder for folder in entered)
+
+
+def test_empty_exclude_ingests_everything(source, store):
+    everything = source.model_copy(update={"exclude": []})
+    write(source, ".hidden.txt", b"text")
+    write(source, "backup.txt~", b"text")
+    assert [o.path for o in scan_source(store, everything).changed] == [".hidden.txt"]  # patterns still apply
+
+
+def test_marker_rows_are_looked_at_again_without_a_stat_change(source, store):
+    write(source, "big.txt", b"x" * 500)
+    [big] = scan_source(store, source).changed
+    assert big.disk_hash.startswith("oversize:")
+    assert scan_source(store, source).empty  # still too big: the same marker, nothing recorded
+    raised = source.model_copy(update={"max_bytes": 1000})
+    [healed] = scan_source(store, raised).changed  # same size and mtime, but max_bytes was raised
+    assert healed.disk_hash == hashlib.sha256(b"x" * 500).hexdigest()
+
+
+def test_badly_named_files_are_quarantined_and_never_stop_the_scan(source, store):
+    write(source, "good.txt", b"fine")
+    bad = os.fsencode(source.path) + b"/caf\xe9.txt"
+    with open(bad, "wb") as handle:
+        handle.write(b"latin-1 name")
+    assert [o.path for o in scan_source(store, source).changed] == ["good.txt"]
+    [(source_name, path, reason)] = store.quarantined()
+    assert (source_name, path) == ("docs", "caf\\xe9.txt")
+    assert reason == "file name is not valid UTF-8: caf\\xe9.txt; rename it"
+    assert scan_source(store, source).empty and len(store.quarantined()) == 1  # not recorded twice
+    os.unlink(bad)
+    assert scan_source(store, source).deleted == ["caf\\xe9.txt"]
+
+
+def test_journal_applies_the_same_excludes(source):
+    journal = Journal(source.path, source.patterns, source.exclude)
+    at = lambda relative: str(source.path / relative)  # noqa: E731
+    for event in [
+        FileCreatedEvent(at("a.txt")),
+        FileCreatedEvent(at(".#a.txt")),
+        FileModifiedEvent(at("a.txt~")),
+        FileCreatedEvent(at(".git/objects/x.txt")),
+        DirCreatedEvent(at(".git/objects/ab")),
+        DirCreatedEvent(at("notes")),
+    ]:
+        journal.on_any_event(event)
+    assert journal.drain() == Dirty(files={"a.txt"}, folders={"notes"})

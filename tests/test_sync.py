@@ -196,25 +196,37 @@ def test_searches_during_rebuilds_stay_correct(deployment):
     for topic in topics:
         deployment.drop(f"{topic}.txt", f"{topic} " * 10)
     deployment.sync()
-    errors, stop = [], threading.Event()
+    failures, wrong, overlapped, stop = [], [], [], threading.Event()
+
+    def versions() -> tuple:
+        return tuple(deployment.index.current(shard).version for shard in range(2))
 
     def search_forever():
-        while not stop.is_set():
-            for topic in topics:
-                found = paths_found(deployment, topic, k=1)
-                if found != [f"{topic}.txt"]:
-                    errors.append((topic, found))
+        try:
+            while not stop.is_set():
+                for topic in topics:
+                    before = versions()
+                    found = paths_found(deployment, topic, k=1)
+                    if found != [f"{topic}.txt"]:
+                        wrong.append((topic, found))
+                    if versions() != before:
+                        overlapped.append(topic)  # an index swap landed during this search
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
 
     searchers = [threading.Thread(target=search_forever) for _ in range(2)]
     for thread in searchers:
         thread.start()
-    for _ in range(4):
-        for shard in range(2):
-            assert deployment.rebuild(shard).success
-    stop.set()
-    for thread in searchers:
-        thread.join()
-    assert errors == []
+    try:
+        for _ in range(4):
+            for shard in range(2):
+                assert deployment.rebuild(shard).success
+    finally:
+        stop.set()
+        for thread in searchers:
+            thread.join()
+    assert failures == [] and wrong == []
+    assert len(overlapped) >= 1, "no search overlapped an index swap, so the test proved nothing"
 
 
 def test_corrupt_or_deleted_index_is_detected_and_repaired(deployment):

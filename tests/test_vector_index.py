@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,31 +54,47 @@ def test_swap_is_atomic_and_old_versions_are_cleaned(index):
 def test_searches_during_rebuilds_always_see_a_whole_index(index):
     vectors = random_vectors(300)
     index.build(0, np.arange(300, dtype=np.int64), vectors, "m@1")
-    errors, stop = [], threading.Event()
+    failures, wrong, overlapped, swaps, stop = [], [], [], [0], threading.Event()
 
     def rebuild() -> None:
-        generation = 0
         while not stop.is_set():
-            generation += 1
-            index.build(0, np.arange(300, dtype=np.int64) + generation * 1000, vectors, "m@1")
+            index.build(0, np.arange(300, dtype=np.int64) + (swaps[0] + 1) * 1000, vectors, "m@1")
+            swaps[0] += 1
 
     def search() -> None:
-        for i in range(300):
+        i = 0
+        while not stop.is_set():
+            version_before = index.current(0).version
             loaded = index.load(0)
             found, _ = loaded.nearest(vectors[i % 300], 1, index.search_k)
             if found[0] % 1000 != i % 300 or len(loaded.chunk_ids) != 300:
-                errors.append((i, found))
+                wrong.append((i, found))
+            if index.current(0).version != version_before:
+                overlapped.append(i)  # a swap landed while this read was under way
+            i += 1
 
-    builder = threading.Thread(target=rebuild)
-    builder.start()
-    readers = [threading.Thread(target=search) for _ in range(3)]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
+    def collecting(target) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+                failures.append(error)
+                stop.set()
+
+        return threading.Thread(target=run)
+
+    threads = [collecting(rebuild), *(collecting(search) for _ in range(3))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while swaps[0] < 30 and not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
-    builder.join()
-    assert errors == []
+    for thread in threads:
+        thread.join()
+    assert failures == [] and wrong == []
+    assert swaps[0] >= 30, "the builder kept swapping while readers read"
+    assert len(overlapped) >= 1, "no read overlapped a swap, so the test proved nothing"
 
 
 def test_verify_detects_corrupt_and_missing_files(index):

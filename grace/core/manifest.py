@@ -21,6 +21,8 @@ from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, vali
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TAG_VALUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
+# Hidden files and folders (.git/, .DS_Store, editor locks .#x), office locks (~$x) and backups (x~).
+DEFAULT_EXCLUDES = ("**/.*", "**/.*/**", "**/~$*", "**/*~")
 DEFAULT_MANIFEST = "grace.yaml"
 
 
@@ -64,13 +66,18 @@ class SourceConfig(Section):
         gt=0,
         description="files larger than this are quarantined, e.g. 20MB or 512KiB",
     )
+    exclude: list[Annotated[str, Field(min_length=1)]] = Field(
+        default=list(DEFAULT_EXCLUDES),
+        description="globs never ingested even when patterns match; default: hidden (.x), lock (~$x, .#x) "
+        "and backup (x~) files and hidden folders; [] ingests everything",
+    )
 
     @field_validator("path")
     @classmethod
     def _absolute_path(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
 
-    @field_validator("patterns")
+    @field_validator("patterns", "exclude")
     @classmethod
     def _relative_patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
@@ -201,6 +208,19 @@ class Manifest(Section):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        return sources
+
+    @field_validator("sources")
+    @classmethod
+    def _disjoint_folders(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        for position, first in enumerate(sources):
+            for second in sources[position + 1 :]:
+                if first.path == second.path or first.path in second.path.parents or second.path in first.path.parents:
+                    raise ValueError(
+                        f"sources '{first.name}' ({first.path}) and '{second.name}' ({second.path}) overlap: "
+                        "one folder is or contains the other, so their files would be ingested and found twice; "
+                        "merge them into one source or point them at disjoint folders"
+                    )
         return sources
 
     @property

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ValidationError
 
 Issue = tuple[int, str, str]  # (line, field path, message)
 LineOf = Callable[[tuple[Any, ...]], int]
+# A real manifest expands to a few hundred values; an alias bomb (each level aliasing the
+# previous one several times) to billions, which pydantic would then walk one by one.
+MAX_EXPANDED_NODES = 100_000
 
 
 class ManifestError(ValueError):
@@ -33,7 +36,7 @@ def read_yaml_with_lines(text: str, file_name: str) -> tuple[Any, LineOf]:
         node = loader.get_single_node()
         if node is None:
             return None, lambda loc: 1
-        _reject_duplicate_keys(node, file_name)
+        _check_nodes(node, file_name)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -42,26 +45,64 @@ def read_yaml_with_lines(text: str, file_name: str) -> tuple[Any, LineOf]:
         raise ManifestError(file_name, [(line, "(yaml)", f"{problem}; fix the YAML syntax")]) from None
     except yaml.YAMLError as error:
         raise ManifestError(file_name, [(0, "(yaml)", str(error))]) from None
+    except RecursionError:
+        raise ManifestError(file_name, [(0, "(yaml)", "nested too deeply; flatten the lists and mappings")]) from None
     finally:
         loader.dispose()
     return data, lambda loc: _line_of(node, loc)
 
 
-def _reject_duplicate_keys(node: yaml.Node, file_name: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value in seen:
-                line = key.start_mark.line + 1
-                raise ManifestError(
-                    file_name,
-                    [(line, key.value, f"duplicate key (first at line {seen[key.value]}); keep one")],
+def _check_nodes(root: yaml.Node, file_name: str) -> None:
+    """Reject duplicate keys, aliases that refer to themselves, and aliases that expand past
+    MAX_EXPANDED_NODES values. Each node object is visited once, however often it is aliased,
+    and its expanded size is computed from its children's, so an alias bomb costs its text's size.
+    """
+    expanded: dict[int, int] = {}  # id(node) -> values it stands for once every alias is expanded
+    open_nodes: set[int] = set()  # nodes whose children are still being walked
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_walked = stack.pop()
+        children = _children(node)
+        if children_walked:
+            open_nodes.discard(id(node))
+            expanded[id(node)] = 1 + sum(expanded[id(child)] for child in children)
+            if expanded[id(node)] > MAX_EXPANDED_NODES:
+                message = (
+                    f"aliases expand too far (over {MAX_EXPANDED_NODES:,} values once expanded); "
+                    "write the values out or alias them fewer times"
                 )
-            seen[getattr(key, "value", None)] = key.start_mark.line + 1
-            _reject_duplicate_keys(value, file_name)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _reject_duplicate_keys(item, file_name)
+                raise ManifestError(file_name, [(node.start_mark.line + 1, "(yaml)", message)])
+            continue
+        if id(node) in expanded:
+            continue
+        if id(node) in open_nodes:
+            message = "an alias refers to a value that contains it, so it never ends; remove the cycle"
+            raise ManifestError(file_name, [(node.start_mark.line + 1, "(yaml)", message)])
+        if isinstance(node, yaml.MappingNode):
+            _reject_duplicate_keys(node, file_name)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(children))  # popped in document order
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _reject_duplicate_keys(node: yaml.MappingNode, file_name: str) -> None:
+    seen: dict[Any, int] = {}
+    for key, _value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value in seen:
+            line = key.start_mark.line + 1
+            raise ManifestError(
+                file_name,
+                [(line, key.value, f"duplicate key (first at line {seen[key.value]}); keep one")],
+            )
+        seen[getattr(key, "value", None)] = key.start_mark.line + 1
 
 
 def _line_of(node: yaml.Node, loc: tuple[Any, ...]) -> int:
