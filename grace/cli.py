@@ -218,19 +218,26 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_upgrade(args: argparse.Namespace) -> int:
-    from grace.resources.migrations import StoreTooNew, masked_url, upgrade
+def _on_store(args: argparse.Namespace, action):
+    """(store URL, action(engine, url)) for the manifest's store, disposing of the engine after."""
     from grace.resources.schema import make_engine
 
     url = load_manifest(args.config).store_url
     engine = make_engine(url)
     try:
-        before, after = upgrade(engine, url)
+        return url, action(engine, url)
+    finally:
+        engine.dispose()
+
+
+def _store_upgrade(args: argparse.Namespace) -> int:
+    from grace.resources.migrations import StoreTooNew, masked_url, upgrade
+
+    try:
+        url, (before, after) = _on_store(args, upgrade)
     except StoreTooNew as error:
         print(f"grace store upgrade: {error}", file=sys.stderr)
         return 2
-    finally:
-        engine.dispose()
     if before == after:
         print(f"store {masked_url(url)}: already at revision {after}")
     else:
@@ -240,14 +247,8 @@ def _store_upgrade(args: argparse.Namespace) -> int:
 
 def _store_version(args: argparse.Namespace) -> int:
     from grace.resources.migrations import HEAD, current_revision, masked_url
-    from grace.resources.schema import make_engine
 
-    url = load_manifest(args.config).store_url
-    engine = make_engine(url)
-    try:
-        revision = current_revision(engine)
-    finally:
-        engine.dispose()
+    url, revision = _on_store(args, lambda engine, _url: current_revision(engine))
     print(f"store {masked_url(url)}: revision {revision or 'none (empty)'}; this Grace's newest is {HEAD}")
     return 0
 

@@ -16,18 +16,23 @@ from tests.harness import Deployment
 
 OLD = "Otters juggle pebbles beside the kelp forest while gulls circle the harbour at dawn."
 NEW = "Otters now guard lanterns inside the lighthouse while foghorns echo across the pier at dusk."
+# Long enough (about 40 chunks) that embedding it takes seconds even with the model warm.
+NEW_LONG = " ".join(
+    f"Otters now guard lantern {i} inside the lighthouse while foghorn {i} echoes across the pier at dusk."
+    for i in range(800)
+)
 OTHERS = {
     "tax.txt": "Quarterly tax filings are due before the end of the fiscal period for every company.",
     "bread.txt": "Knead the sourdough gently, then let it rise overnight in a cool kitchen.",
 }
 
 
-def prepared(root, store_url, embedder_resource) -> Deployment:
-    deployment = Deployment(root, store_url, embedder_resource)
+def prepared(root, store_url, embedder_resource, new_text: str = NEW) -> Deployment:
+    deployment = Deployment(root, store_url, embedder_resource, max_bytes="1MB")
     for name, text in {"otters.txt": OLD, **OTHERS}.items():
         deployment.drop(name, text)
     deployment.sync()
-    deployment.drop("otters.txt", NEW)
+    deployment.drop("otters.txt", new_text)
     return deployment
 
 
@@ -59,7 +64,7 @@ def test_each_ingest_step_leaves_the_document_searchable(tmp_path, store_url):
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_search_never_misses_the_document_during_an_edit_on_the_real_model(tmp_path, store_url):
-    deployment = prepared(tmp_path, store_url, EmbedderResource())
+    deployment = prepared(tmp_path, store_url, EmbedderResource(), NEW_LONG)
     [request] = deployment.tick()
     searcher = Searcher(deployment.store, deployment.index, deployment.embedder)
     running, stop = threading.Event(), threading.Event()
@@ -89,4 +94,4 @@ def test_search_never_misses_the_document_during_an_edit_on_the_real_model(tmp_p
     assert result.success
     assert errors == [] and misses == []
     assert len(polls_during_run) >= 5, "the poller must have searched throughout the run"
-    assert top_text(deployment, "lanterns in a lighthouse, foghorns at the pier") == NEW
+    assert top_text(deployment, "lanterns in a lighthouse, foghorns at the pier") in NEW_LONG

@@ -162,7 +162,8 @@ class DaemonConfig(Section):
     max_run_seconds: int = Field(
         default=7200,
         ge=60,
-        description="a run still going after this long is failed and retried (a killed run worker never reports)",
+        description="last resort: a run still going after this long is failed and retried "
+        "(a run whose worker stopped beating is failed within a minute by the run_health sensor)",
     )
 
 
