@@ -34,6 +34,9 @@ def instance_config(manifest: Manifest) -> dict:
             "poll_interval_seconds": MONITOR_POLL_SECONDS,
         },
         "run_retries": {"enabled": True, "max_retries": 2},
+        # Folder, freshness and run_health sensors tick side by side: evaluated one after
+        # another, the others' ticks would delay a folder sensor's next look at its events.
+        "sensors": {"use_threads": True, "num_workers": 4},
         "run_coordinator": {
             "module": "dagster._core.run_coordinator",
             "class": "QueuedRunCoordinator",

@@ -99,7 +99,8 @@ class Store(Ledger):
         self, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str, model_id: str
     ) -> bool:
         """Set a document's new chunks aside until their embeddings exist, so its old chunks stay
-        searchable meanwhile; if every one is embedded already, publish them at once.
+        searchable meanwhile; publish them at once if every one is embedded already, or if the
+        document has no live chunks to keep (new, or fixed after a quarantine).
 
         Returns whether the new chunks are live now.
         """
@@ -107,7 +108,11 @@ class Store(Ledger):
             if _lock_document(connection, document_id) is None:
                 return False
             connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
-            if _all_embedded(connection, model_id, {chunk.chunk_hash for chunk in new_chunks}):
+            # Staging only protects live chunks; without any, it would cost a publish per document.
+            nothing_live = connection.execute(
+                select(chunks.c.id).where(chunks.c.document_id == document_id).limit(1)
+            ).first() is None
+            if nothing_live or _all_embedded(connection, model_id, {chunk.chunk_hash for chunk in new_chunks}):
                 _replace_chunks(connection, document_id, text_hash, new_chunks, settings_key)
                 return True
             connection.execute(

@@ -41,8 +41,11 @@ def source(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'grace.db'}")
+def store(store_url):
+    """Every scan test that records into a store runs on SQLite and on PostgreSQL."""
+    opened = Store(store_url)
+    yield opened
+    opened.dispose()
 
 
 def write(source, relative: str, content: bytes) -> None:
