@@ -16,7 +16,7 @@ from grace.resources.schema import (
     lacks_embedding,
     needs_chunking,
     needs_processing,
-    new_document_id,
+    new_document_ids,
     purge_document,
     record_change,
     shard_key_of,
@@ -54,6 +54,7 @@ class Ledger:
         """
         now = utc_now()
         events = 0
+        unknown: list[ObservedFile] = []  # files with no row (new, or purged since the scan)
         involved = {path for pair in moved for path in pair} | set(deleted) | {o.path for o in [*changed, *touched]}
         with self.writer.begin() as connection:
             by_path = {}
@@ -79,7 +80,7 @@ class Ledger:
                     .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
                 )
                 if updated.rowcount == 0:
-                    events += _record_new(connection, source, observed, now)
+                    unknown.append(observed)
             for path in deleted:
                 row = by_path.get(path)
                 if row is None:
@@ -100,7 +101,8 @@ class Ledger:
                     if updated.rowcount == 1:
                         events += record_change(connection, source, row.id, observed.size, now)
                         continue
-                events += _record_new(connection, source, observed, now)
+                unknown.append(observed)
+            events += _record_new(connection, source, unknown, now)
         return events
 
     def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
@@ -177,20 +179,33 @@ class Ledger:
         return result.rowcount
 
 
-def _record_new(connection, source: str, observed: ObservedFile, now) -> int:
-    """Insert a pending document for a file the store has no row for; return the change events."""
-    document_id = new_document_id(connection, source, observed.path)
+def _record_new(connection, source: str, observed: Sequence[ObservedFile], now) -> int:
+    """Insert pending documents, and a change event each, for files the store has no row for."""
+    if not observed:
+        return 0
+    document_ids = new_document_ids(connection, source, [item.path for item in observed])
     connection.execute(
-        insert(documents).values(
-            id=document_id,
-            source=source,
-            path=observed.path,
-            shard_key=shard_key_of(document_id),
-            size=observed.size,
-            mtime_ns=observed.mtime_ns,
-            disk_hash=observed.disk_hash,
-            status="pending",
-            updated_at=now,
-        )
+        insert(documents),
+        [
+            dict(
+                id=document_id,
+                source=source,
+                path=item.path,
+                shard_key=shard_key_of(document_id),
+                size=item.size,
+                mtime_ns=item.mtime_ns,
+                disk_hash=item.disk_hash,
+                status="pending",
+                updated_at=now,
+            )
+            for document_id, item in zip(document_ids, observed)
+        ],
     )
-    return record_change(connection, source, document_id, observed.size, now)
+    connection.execute(
+        insert(changes),
+        [
+            dict(source=source, document_id=document_id, size=item.size, recorded_at=now)
+            for document_id, item in zip(document_ids, observed)
+        ],
+    )
+    return len(observed)

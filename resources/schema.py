@@ -228,15 +228,36 @@ def purge_document(connection, document_id: str) -> None:
     connection.execute(delete(documents).where(documents.c.id == document_id))
 
 
+def new_document_ids(connection, source: str, paths: list[str]) -> list[str]:
+    """Ids derived from each document's first path; salted where a renamed document holds one.
+
+    One look-up per 500 paths: a first scan of a large folder creates every document at once.
+    """
+    first_choices = [_salted_id(source, path, 0) for path in paths]
+    taken: set[str] = set()
+    for batch in batches(first_choices, 500):
+        taken.update(connection.execute(select(documents.c.id).where(documents.c.id.in_(batch))).scalars())
+    return [
+        _free_salted_id(connection, source, path) if choice in taken else choice
+        for path, choice in zip(paths, first_choices)
+    ]
+
+
 def new_document_id(connection, source: str, path: str) -> str:
-    """Derived from the first path a document had; salted if a renamed document holds it."""
-    salt = 0
+    return new_document_ids(connection, source, [path])[0]
+
+
+def _free_salted_id(connection, source: str, path: str) -> str:
+    salt = 1
     while True:
-        document_id = hashlib.sha256(f"{source}\0{path}\0{salt}".encode()).hexdigest()[:32]
-        taken = connection.execute(select(documents.c.id).where(documents.c.id == document_id)).first()
-        if taken is None:
+        document_id = _salted_id(source, path, salt)
+        if connection.execute(select(documents.c.id).where(documents.c.id == document_id)).first() is None:
             return document_id
         salt += 1
+
+
+def _salted_id(source: str, path: str, salt: int) -> str:
+    return hashlib.sha256(f"{source}\0{path}\0{salt}".encode()).hexdigest()[:32]
 
 
 def batches(items: list[int], size: int) -> Iterator[list[int]]:

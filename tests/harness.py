@@ -3,6 +3,7 @@ sensor evaluation and `materialize`, and the same Searcher the CLI uses."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,14 @@ def assert_same_state(actual: dict, expected: dict) -> None:
     assert {k: v for k, v in actual.items() if k != "vectors"} == {k: v for k, v in expected.items() if k != "vectors"}
     assert actual["vectors"].shape == expected["vectors"].shape
     assert np.allclose(actual["vectors"], expected["vectors"], atol=1e-5)
+
+
+def tick_until(deployment: Deployment, predicate, timeout: float = 15.0) -> list:
+    """Tick until predicate(run requests) holds: watchdog delivers events after a short buffer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        requests = deployment.tick()
+        if predicate(requests):
+            return requests
+        time.sleep(0.2)
+    raise TimeoutError("the sensor never saw the change")

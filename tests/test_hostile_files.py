@@ -15,7 +15,7 @@ from grace.resources.embedder import EmbedderResource
 from grace.resources.reading import read_document
 from grace.sensors.watcher import Journal
 from tests.fakes import HashingEmbedderResource
-from tests.harness import Deployment
+from tests.harness import Deployment, tick_until
 
 SECRET = "the launch codes are zero zero zero zero"
 BAD_NAME = b"caf\xe9.txt"  # Latin-1 bytes: not UTF-8
@@ -48,15 +48,6 @@ def reasons(deployment) -> dict[str, str]:
     return {path: reason for _source, path, reason in deployment.store.quarantined()}
 
 
-def tick_until(deployment, predicate, timeout: float = 15.0) -> list:
-    """Tick until predicate(requests) holds: watchdog delivers events after a short buffer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        requests = deployment.tick()
-        if predicate(requests):
-            return requests
-        time.sleep(0.2)
-    raise TimeoutError("the sensor never saw the change")
 
 
 def test_file_swapped_for_a_symlink_is_quarantined_never_followed(deployment, outside):

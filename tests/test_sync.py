@@ -20,7 +20,7 @@ from grace.resources.chunking import Chunker
 from grace.sensors.scan import Dirty
 from grace.sensors.watcher import FolderWatcher, Journal, stop_watchers, watcher_for
 from tests.fakes import HashingEmbedderResource
-from tests.harness import Deployment
+from tests.harness import Deployment, tick_until
 
 PARAGRAPHS = [
     f"Paragraph {i} is about subject{i} and nothing else; it repeats subject{i} words. " * 12 for i in range(8)
@@ -129,15 +129,6 @@ def test_journal_records_what_watchdog_reports(tmp_path):
     assert journal.drain() is None  # the folder itself went away: only a full scan can tell
 
 
-def tick_until(deployment, predicate, timeout: float = 10.0) -> list:
-    """Tick (watchdog delivers events after a short buffer) until predicate(requests) holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        requests = deployment.tick()
-        if predicate(requests):
-            return requests
-        time.sleep(0.3)
-    raise TimeoutError("the sensor never saw the change")
 
 
 def test_watchdog_events_drive_ticks_and_reconcile_finds_missed_changes(tmp_path):
