@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Engine, delete, insert, select, union, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, union, update
 
 from grace.resources.schema import (
     DocumentRow,
@@ -73,14 +73,7 @@ class Ledger:
                     .where(documents.c.source == source, documents.c.path == old_path)
                     .values(path=new_path, updated_at=now)
                 )
-            for observed in touched:
-                updated = connection.execute(
-                    update(documents)
-                    .where(documents.c.source == source, documents.c.path == observed.path)
-                    .values(size=observed.size, mtime_ns=observed.mtime_ns, updated_at=now)
-                )
-                if updated.rowcount == 0:
-                    unknown.append(observed)
+            unknown += _touch(connection, source, touched, now)
             for path in deleted:
                 row = by_path.get(path)
                 if row is None:
@@ -177,6 +170,27 @@ class Ledger:
                 .values(status="deleted", updated_at=utc_now())
             )
         return result.rowcount
+
+
+def _touch(connection, source: str, touched: Sequence[ObservedFile], now) -> list[ObservedFile]:
+    """Record new size and mtime for unchanged content in one statement; return the files whose
+    row is gone (purged since the scan read it), which must be recorded as new."""
+    if not touched:
+        return []
+    connection.execute(
+        update(documents)
+        .where(documents.c.source == source, documents.c.path == bindparam("touched_path"))
+        .values(size=bindparam("touched_size"), mtime_ns=bindparam("touched_mtime"), updated_at=now),
+        [dict(touched_path=item.path, touched_size=item.size, touched_mtime=item.mtime_ns) for item in touched],
+    )
+    present: set[str] = set()
+    for batch in batches([item.path for item in touched], 500):
+        present.update(
+            connection.execute(
+                select(documents.c.path).where(documents.c.source == source, documents.c.path.in_(batch))
+            ).scalars()
+        )
+    return [item for item in touched if item.path not in present]
 
 
 def _record_new(connection, source: str, observed: Sequence[ObservedFile], now) -> int:
