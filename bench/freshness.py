@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.devserver import DevServer, free_port  # noqa: E402
 from grace.core.manifest import load_manifest  # noqa: E402
 from grace.resources import build_resources  # noqa: E402
 from grace.resources.search import Searcher  # noqa: E402
+from tests.devserver import DevServer, free_port  # noqa: E402
 
 TOPICS = [
     "glacier",

@@ -18,9 +18,9 @@ from dagster import (
 from grace.core.failpoints import failpoint
 from grace.core.manifest import Manifest
 from grace.resources.chunking import chunker_for
-from grace.resources.reading import read_document
 from grace.resources.embedder import EmbedderResource
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
+from grace.resources.reading import read_document
 from grace.resources.schema import NewChunk
 from grace.resources.store import StoreResource
 

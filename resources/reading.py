@@ -132,7 +132,8 @@ def _refusal_of_failed_open(path: str, error: OSError) -> Refused:
         size, mtime_ns = seen.st_size, seen.st_mtime_ns
     except OSError:
         size, mtime_ns = 0, 0
-    return Refused(unreadable_marker(error, size, mtime_ns), f"cannot be read ({error.strerror}); check its permissions")
+    problem = f"cannot be read ({error.strerror}); check its permissions"
+    return Refused(unreadable_marker(error, size, mtime_ns), problem)
 
 
 def _capped_blocks(descriptor: int, opened: os.stat_result, max_bytes: int) -> Iterator[bytes]:

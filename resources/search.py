@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from grace.resources.embedder import Embedder
-from grace.resources.store import Store
 from grace.resources.shard_status import ShardView, coverage, shard_views, stale_fraction
+from grace.resources.store import Store
 from grace.resources.vector_index import ShardedIndex
-
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 

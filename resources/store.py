@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from grace.resources.ledger import Ledger
+from grace.resources.migrations import ensure_head
 from grace.resources.schema import (
     ChunkHit,
     DocumentRow,
@@ -32,7 +33,6 @@ from grace.resources.schema import (
     utc_now,
     writer_of,
 )
-from grace.resources.migrations import ensure_head
 
 
 class Store(Ledger):

@@ -112,7 +112,10 @@ def _unfinished_work(context, manifest, source, grace_store, embedder, requested
         source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
     )
     return [
-        RunRequest(partition_key=str(shard), tags={**ingest_tags(source.origin, source.name, shard, 0), REASON_TAG: "unfinished work"})
+        RunRequest(
+            partition_key=str(shard),
+            tags={**ingest_tags(source.origin, source.name, shard, 0), REASON_TAG: "unfinished work"},
+        )
         for shard in sorted(stuck - requested)
         if not run_in_flight(context.instance, INGEST_JOB, shard)
     ]

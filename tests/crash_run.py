@@ -3,7 +3,8 @@
     python tests/crash_run.py ROOT STORE_URL fake|real
 
 The crash tests set GRACE_FAILPOINT so that this process dies as kill -9 would, then start it
-again without, as a restarted daemon picks the work up, and compare with a clean run. What the process keeps, and where, mirrors the daemon:
+again without, as a restarted daemon picks the work up, and compare with a clean run.
+What the process keeps, and where, mirrors the daemon:
 
 - the Dagster instance is persistent: ROOT/dagster_home, with the dagster.yaml `grace dev` renders;
 - each sensor's cursor lives in that instance (its key-value store, which Dagster's own daemons

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
 
-from grace.definitions import build_definitions
 from grace.core.manifest import load_manifest
+from grace.definitions import build_definitions
 from grace.resources.search import Searcher, index_stats
 from grace.resources.store import Store
 from grace.resources.vector_index import ShardedIndex

@@ -12,11 +12,11 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
-from tests.devserver import DevServer, free_port, group_alive
 from grace.core.manifest import load_manifest
 from grace.resources.chunking import chunker_for
 from grace.resources.embedder import Embedder
 from grace.resources.store import Store
+from tests.devserver import DevServer, free_port, group_alive
 
 DOCUMENTS = {
     "volcano.txt": "Lava poured from the erupting volcano and ash clouds closed the airport.",

@@ -58,7 +58,8 @@ def index_file(index: ShardedIndex, shard: int) -> Path:
 
 def exact_top(deployment: Deployment, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, scores) of the exact top k over every searchable chunk."""
-    searchable = np.concatenate(deployment.store.searchable_chunk_ids(deployment.manifest.index.shards, deployment.embedder.model_id))
+    shards, model_id = deployment.manifest.index.shards, deployment.embedder.model_id
+    searchable = np.concatenate(deployment.store.searchable_chunk_ids(shards, model_id))
     ids, vectors = deployment.store.vectors_of(searchable, deployment.embedder.model_id)
     scores = vectors @ deployment.embedder.encode([query])[0]
     best = np.argsort(-scores, kind="stable")[:k]

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from grace.cli import main
-from grace.definitions import build_definitions
 from grace.core.manifest import ManifestError, load_manifest
 from grace.core.manifest_errors import read_yaml_with_lines
+from grace.definitions import build_definitions
 
 
 def errors_of(write_manifest, text: str) -> str:

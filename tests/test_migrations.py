@@ -31,7 +31,8 @@ def create_release_0_1_0_store(url: str) -> None:
     engine = create_engine(url)
     dialect = engine.dialect.name
     ddl = (DATA / f"store_v0_1_0_{dialect}.sql").read_text()
-    statements = [s for s in "\n".join(l for l in ddl.splitlines() if not l.startswith("--")).split(";") if s.strip()]
+    without_comments = "\n".join(line for line in ddl.splitlines() if not line.startswith("--"))
+    statements = [statement for statement in without_comments.split(";") if statement.strip()]
     rows = json.loads((DATA / "store_v0_1_0_rows.json").read_text())
     with engine.begin() as connection:
         for statement in statements:
