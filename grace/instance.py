@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from grace.core.manifest import Manifest
-from grace.core.names import PARTITION_TAG
+from grace.core.routing import run_queue_limits
 
 HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
 
@@ -20,7 +20,7 @@ CANCEL_TIMEOUT_SECONDS = 45
 
 
 def instance_config(manifest: Manifest) -> dict:
-    """Telemetry off; the run queue is the capacity, and each shard runs one run at a time."""
+    """Telemetry off; the run queue enforces routing's capacity and quotas, and one run per shard."""
     return {
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
@@ -41,13 +41,8 @@ def instance_config(manifest: Manifest) -> dict:
             "module": "dagster._core.run_coordinator",
             "class": "QueuedRunCoordinator",
             "config": {
-                "max_concurrent_runs": manifest.daemon.max_concurrent_runs,
-                # Dagster tags every partitioned run with its partition, however it was
-                # launched (sensor, backfill, UI, schedule), so a second run of a shard
-                # waits in the queue instead of waiting on the shard's lease in a worker.
-                "tag_concurrency_limits": [
-                    {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
-                ],
+                # Capacity, per-origin quotas and one run per shard: see grace.core.routing.
+                **run_queue_limits(manifest.routing),
                 # The default 5 s between dequeues is most of a small file's time to searchable.
                 "dequeue_interval_seconds": 1,
             },

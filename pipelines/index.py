@@ -137,7 +137,7 @@ def build_rebuild_schedule(manifest: Manifest, rebuild_job: JobDefinition) -> Sc
             RunRequest(
                 run_key=f"{context.scheduled_execution_time.isoformat()}:{shard}",
                 partition_key=str(shard),
-                tags=rebuild_tags(shard, "schedule"),
+                tags=rebuild_tags(shard, "schedule", manifest.routing.origins),
             )
             for shard in range(manifest.index.shards)
         ]

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import ConfigurableResource, DagsterInstance, DagsterRunStatus, InitResourceContext
 from sqlalchemy import Engine, delete, select, update
@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from grace.core.names import PARTITION_TAG
-from grace.resources.schema import run_heartbeats, shard_leases, utc_now, writer_of
+from grace.resources.schema import as_utc, run_heartbeats, shard_leases, utc_now, writer_of
 from grace.resources.store import shared_store
 
 # A live run renews its heartbeat and lease this often.
@@ -37,11 +37,6 @@ LEASE_TTL_SECONDS = HEARTBEAT_TTL_SECONDS
 WAIT_POLL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes even for DateTime(timezone=True); Grace stores UTC only."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ColumnElement,
     DateTime,
@@ -119,13 +120,48 @@ run_heartbeats = Table(
     "run_heartbeats",
     metadata,
     Column("run_id", String(64), primary_key=True),
-    Column("shard", Integer, nullable=False),
+    Column("shard", Integer, doc="the shard the run writes; NULL for a task run"),
     Column("beat_at", DateTime(timezone=True), nullable=False),
 )
+
+# Routed tasks: received -> queued (run_id) -> started -> succeeded | failed. The task_status
+# sensor moves them from Dagster's run records; handlers write result or error.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("type", String(64), nullable=False),
+    Column("origin", String(64), nullable=False),
+    Column("handler", String(64), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("sla_ms", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False, doc="canonical JSON"),
+    Column("data_size_bytes", BigInteger, nullable=False),
+    Column("submitted_via", String(16), nullable=False, doc="cli, inbox, api"),
+    Column("claim", String(64), doc="the inbox file claim this task came from"),
+    Column("status", String(16), nullable=False),
+    Column("run_id", String(64)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("queue_wait_ms", BigInteger),
+    Column("run_ms", BigInteger),
+    Column("sla_met", Boolean),
+    Column("result", Text, doc="the handler's JSON result"),
+    Column("error", Text),
+)
+Index("ix_tasks_status", tasks.c.status)
+Index("ix_tasks_origin_received", tasks.c.origin, tasks.c.received_at)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes even for DateTime(timezone=True); Grace stores UTC only."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def shard_key_of(document_id: str) -> int:

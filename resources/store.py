@@ -33,6 +33,7 @@ from grace.resources.schema import (
     utc_now,
     writer_of,
 )
+from grace.resources.taskbook import TaskBook
 
 
 class Store(Ledger):
@@ -43,6 +44,7 @@ class Store(Ledger):
         self.engine = make_engine(url)
         self.writer = writer_of(self.engine)
         ensure_head(self.engine, url)
+        self.tasks = TaskBook(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -85,7 +85,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             RunRequest(
                 run_key=f"{source.name}:{shard}:{pending.last_change_id}",
                 partition_key=str(shard),
-                tags=ingest_tags(source.origin, source.name, shard, size),
+                tags=ingest_tags(source.origin, source.name, shard, size, manifest.routing.origins),
             )
             for shard, size in sorted(pending.bytes_by_shard.items())
         ]
@@ -114,7 +114,10 @@ def _unfinished_work(context, manifest, source, grace_store, embedder, requested
     return [
         RunRequest(
             partition_key=str(shard),
-            tags={**ingest_tags(source.origin, source.name, shard, 0), REASON_TAG: "unfinished work"},
+            tags={
+                **ingest_tags(source.origin, source.name, shard, 0, manifest.routing.origins),
+                REASON_TAG: "unfinished work",
+            },
         )
         for shard in sorted(stuck - requested)
         if not run_in_flight(context.instance, INGEST_JOB, shard)

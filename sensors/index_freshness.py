@@ -44,7 +44,11 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
             if not due or run_in_flight(context.instance, REBUILD_JOB, view.shard):
                 continue
             reason = "index files damaged" if view.index_problem else f"stale fraction {fraction:.3f}"
-            requests.append(RunRequest(partition_key=str(view.shard), tags=rebuild_tags(view.shard, reason)))
+            requests.append(
+                RunRequest(
+                    partition_key=str(view.shard), tags=rebuild_tags(view.shard, reason, manifest.routing.origins)
+                )
+            )
         return requests or SkipReason(f"every shard is under {threshold:.0%} stale or already rebuilding")
 
     return index_freshness

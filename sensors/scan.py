@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from stat import S_ISDIR
 
 from sqlalchemy import delete, insert, select, update
 
+from grace.core.globs import any_glob, excluded_folder, wanted
 from grace.core.manifest import SourceConfig
 from grace.resources.reading import content_hash, is_marker, refused_marker
 from grace.resources.schema import (
@@ -26,54 +25,6 @@ from grace.resources.schema import (
 from grace.resources.store import Store
 
 
-@lru_cache(maxsize=256)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a glob over /-separated relative paths: ** spans folders, * and ? do not."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def matches(relative_path: str, patterns: Sequence[str]) -> bool:
-    return _any_glob(tuple(patterns)).match(relative_path) is not None
-
-
-@lru_cache(maxsize=256)
-def _any_glob(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    # One regex for a whole list: a full scan tests every path of the folder against it.
-    return re.compile("|".join(f"(?:{glob_regex(pattern).pattern})" for pattern in patterns) or r"(?!)")
-
-
-def wanted(relative_path: str, source: SourceConfig) -> bool:
-    """The source ingests this path: a pattern matches and no exclude glob does."""
-    return matches(relative_path, source.patterns) and not matches(relative_path, source.exclude)
-
-
-def excluded_folder(relative_folder: str, exclude: Sequence[str]) -> bool:
-    """Every path below the folder is excluded (an exclude glob "X/**" with X matching it): skip it whole."""
-    return any(pattern.endswith("/**") and glob_regex(pattern[:-3]).match(relative_folder) for pattern in exclude)
-
-
 def list_files(
     root: Path, patterns: Sequence[str], under: str = "", exclude: Sequence[str] = ()
 ) -> dict[str, os.stat_result]:
@@ -84,7 +35,7 @@ def list_files(
     reader quarantines them with a reason. A watched folder never reaches outside itself.
     """
     found: dict[str, os.stat_result] = {}
-    included, excluded = _any_glob(tuple(patterns)).match, _any_glob(tuple(exclude)).match
+    included, excluded = any_glob(tuple(patterns)).match, any_glob(tuple(exclude)).match
     prefix_length = len(os.path.join(root, ""))
     stack = [os.path.join(root, under)]
     while stack:

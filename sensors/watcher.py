@@ -16,8 +16,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from grace.core.globs import excluded_folder, matches
 from grace.core.manifest import SourceConfig
-from grace.sensors.scan import Dirty, excluded_folder, matches
+from grace.sensors.scan import Dirty
 
 JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
 IGNORED_EVENTS = {"opened", "closed_no_write"}

@@ -43,9 +43,9 @@ def add_run(instance: DagsterInstance, job_name: str, shard: int, status: Dagste
 def test_run_health_fails_a_silent_run_frees_its_shard_and_requests_it_again(tmp_path, store_url):
     deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=2)
     instance, leases = deployment.instance, ShardLeases(deployment.store.engine)
-    dead = add_run(instance, INGEST_JOB, 0, DagsterRunStatus.STARTED, ingest_tags("ingest", "docs", 0, 10))
-    live = add_run(instance, INGEST_JOB, 1, DagsterRunStatus.STARTED, ingest_tags("ingest", "docs", 1, 10))
-    canceling = add_run(instance, REBUILD_JOB, 1, DagsterRunStatus.CANCELING, rebuild_tags(1, "schedule"))
+    dead = add_run(instance, INGEST_JOB, 0, DagsterRunStatus.STARTED, ingest_tags("ingest", "docs", 0, 10, ()))
+    live = add_run(instance, INGEST_JOB, 1, DagsterRunStatus.STARTED, ingest_tags("ingest", "docs", 1, 10, ()))
+    canceling = add_run(instance, REBUILD_JOB, 1, DagsterRunStatus.CANCELING, rebuild_tags(1, "schedule", ()))
     now = utc_now()
     stale = now - timedelta(seconds=HEARTBEAT_TTL_SECONDS + 30)
     leases.beat(dead.run_id, 0, now=stale)
@@ -195,6 +195,4 @@ def _embedding_run(instance: DagsterInstance) -> tuple[str, int] | None:
 
 def _unique_texts(count: int) -> list[str]:
     generator = random.Random(7)
-    return [
-        f"Record {index}. " + " ".join(generator.choice(WORDS) for _ in range(150)) for index in range(count)
-    ]
+    return [f"Record {index}. " + " ".join(generator.choice(WORDS) for _ in range(150)) for index in range(count)]

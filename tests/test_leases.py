@@ -190,7 +190,7 @@ def test_two_runs_on_one_shard_never_write_it_together(tmp_path, store_url, monk
             errors.append(error)
 
     threads = [
-        threading.Thread(target=run, args=("sensor", ingest_tags("ingest", "docs", 0, 100))),
+        threading.Thread(target=run, args=("sensor", ingest_tags("ingest", "docs", 0, 100, ()))),
         threading.Thread(target=run, args=("backfill", {})),
     ]
     for thread in threads:

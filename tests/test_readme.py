@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def test_the_readme_shows_at_least_one_manifest():
 
 @pytest.mark.parametrize(("line", "body"), MANIFEST_BLOCKS, ids=[f"README.md:{line}" for line, _ in MANIFEST_BLOCKS])
 def test_every_manifest_in_the_readme_validates(tmp_path, line, body):
+    shutil.copytree(REPOSITORY / "handlers", tmp_path / "handlers")  # the examples are of this project
     manifest = parse_manifest(body, f"README.md block at line {line}", tmp_path)
     assert manifest.sources, "a manifest example without sources watches nothing"
 

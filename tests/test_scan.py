@@ -8,9 +8,10 @@ import os
 import pytest
 from watchdog.events import DirCreatedEvent, FileCreatedEvent, FileModifiedEvent
 
+from grace.core.globs import glob_regex
 from grace.core.manifest import SourceConfig
 from grace.resources.store import Store
-from grace.sensors.scan import Dirty, glob_regex, list_files
+from grace.sensors.scan import Dirty, list_files
 from grace.sensors.scan import reconcile as scan_source
 from grace.sensors.watcher import Journal
 

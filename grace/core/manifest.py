@@ -15,29 +15,18 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
+from grace.core.routing import RoutingConfig
+from grace.core.validators import resolve_path, validate_cron
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TAG_VALUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 # Hidden files and folders (.git/, .DS_Store, editor locks .#x), office locks (~$x) and backups (x~).
 DEFAULT_EXCLUDES = ("**/.*", "**/.*/**", "**/~$*", "**/*~")
 DEFAULT_MANIFEST = "grace.yaml"
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    """Make a manifest path absolute, relative to the folder that holds grace.yaml."""
-    base = Path((info.context or {}).get("base_dir", "."))
-    return (base / path.expanduser()).resolve()
-
-
-def _validate_cron(expression: str) -> str:
-    from dagster._utils.schedules import is_valid_cron_string
-
-    if not is_valid_cron_string(expression):
-        raise ValueError(f"{expression!r} is not a cron expression; use five fields, e.g. '0 * * * *' for hourly")
-    return expression
 
 
 class Section(BaseModel):
@@ -75,7 +64,7 @@ class SourceConfig(Section):
     @field_validator("path")
     @classmethod
     def _absolute_path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @field_validator("patterns", "exclude")
     @classmethod
@@ -127,7 +116,7 @@ class RebuildConfig(Section):
     )
     cron: str = Field(default="0 * * * *", description="rebuild every shard on this schedule")
 
-    _cron = field_validator("cron")(_validate_cron)
+    _cron = field_validator("cron")(validate_cron)
 
 
 class IndexConfig(Section):
@@ -156,9 +145,15 @@ class WatchConfig(Section):
 class DaemonConfig(Section):
     """How `grace dev` serves Dagster."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_concurrent_runs" in data:
+            raise ValueError("max_concurrent_runs has moved: set routing.capacity instead (runs at once, all origins)")
+        return data
+
     host: str = Field(default="127.0.0.1", description="address the Dagster UI listens on")
     port: int = Field(default=3000, ge=1, le=65535, description="port of the Dagster UI")
-    max_concurrent_runs: int = Field(default=8, ge=1, le=1000, description="run queue capacity")
     max_run_seconds: int = Field(
         default=7200,
         ge=60,
@@ -186,11 +181,13 @@ class Manifest(Section):
     index: IndexConfig = IndexConfig()
     watch: WatchConfig = WatchConfig()
     daemon: DaemonConfig = DaemonConfig()
+    # Validated even when absent, so that its folders resolve against grace.yaml's folder.
+    routing: RoutingConfig = Field(default={}, validate_default=True)
 
     @field_validator("state_dir")
     @classmethod
     def _absolute_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @field_validator("store")
     @classmethod
@@ -223,6 +220,17 @@ class Manifest(Section):
                         "merge them into one source or point them at disjoint folders"
                     )
         return sources
+
+    @model_validator(mode="after")
+    def _inbox_apart_from_sources(self) -> Manifest:
+        inbox = self.routing.inbox
+        for source in self.sources:
+            if inbox == source.path or source.path in inbox.parents or inbox in source.path.parents:
+                raise ValueError(
+                    f"routing.inbox ({inbox}) overlaps source '{source.name}' ({source.path}): task files "
+                    "would be ingested as documents; give the inbox a folder of its own"
+                )
+        return self
 
     @property
     def store_url(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 INGEST_JOB = "ingest"
 REBUILD_JOB = "rebuild_index"
 
@@ -16,18 +18,46 @@ REBUILD_REASON_TAG = "grace/rebuild_reason"
 PARTITION_TAG = "dagster/partition"
 
 INDEX_ORIGIN = "index"
+ROUTING_ORIGIN = "routing"  # the routing_stats job's own runs
+
+# Routed tasks: one job per handler that grace.yaml's routes name.
+TASK_JOB_PREFIX = "task_"
+TASK_ID_TAG = "grace/task_id"
+TASK_TYPE_TAG = "grace/task_type"
+SLA_TAG = "grace/sla_ms"
+PRIORITY_TAG = "dagster/priority"  # Dagster's own: the queue starts higher values first
+# Carried only by runs whose origin has no quota of its own in grace.yaml: the run queue
+# limits each value of this tag to routing.default_quota, and never touches listed origins.
+UNLISTED_ORIGIN_TAG = "grace/unlisted_origin"
+# Retry a task's run when its worker died, never because its handler raised.
+RETRY_ON_STEP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+ROUTING_STATS_JOB = "routing_stats"
 
 
-def ingest_tags(origin: str, source: str, shard: int, data_size_bytes: int) -> dict[str, str]:
+def task_job_name(handler: str) -> str:
+    return f"{TASK_JOB_PREFIX}{handler}"
+
+
+def origin_tags(origin: str, listed_origins: Collection[str]) -> dict[str, str]:
+    """The origin tag, plus the unlisted-origin tag that puts an origin without a quota under the default."""
+    tags = {ORIGIN_TAG: origin}
+    if origin not in listed_origins:
+        tags[UNLISTED_ORIGIN_TAG] = origin
+    return tags
+
+
+def ingest_tags(
+    origin: str, source: str, shard: int, data_size_bytes: int, listed_origins: Collection[str]
+) -> dict[str, str]:
     """Tags of a shard's ingest run requested for one source."""
     return {
-        ORIGIN_TAG: origin,
+        **origin_tags(origin, listed_origins),
         SOURCE_TAG: source,
         SHARD_TAG: str(shard),
         DATA_SIZE_TAG: str(data_size_bytes),
     }
 
 
-def rebuild_tags(shard: int, reason: str) -> dict[str, str]:
+def rebuild_tags(shard: int, reason: str, listed_origins: Collection[str]) -> dict[str, str]:
     """Tags of a shard's index rebuild run."""
-    return {ORIGIN_TAG: INDEX_ORIGIN, SHARD_TAG: str(shard), REBUILD_REASON_TAG: reason}
+    return {**origin_tags(INDEX_ORIGIN, listed_origins), SHARD_TAG: str(shard), REBUILD_REASON_TAG: reason}
