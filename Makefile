@@ -23,3 +23,4 @@ bench: install
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/routing.py

@@ -1,17 +1,27 @@
-"""Grace from Python: the same search and stats as the CLI, for a manifest file.
+"""Grace from Python: the same search, stats, task submission and routing stats as the CLI, for a manifest file.
 
-from grace.api import search
+from grace.api import search, submit, task
 for hit in search("what changed in the Q3 numbers", k=3):
     print(hit.score, hit.path, hit.text)
+task_id = submit({"type": "search", "origin": "notebook", "payload": {"query": "Q3 numbers"}})
+print(task(task_id)["status"])
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from grace.core.manifest import load_manifest
+from grace.core.manifest import Manifest, load_manifest
+from grace.core.tasks import parse_task, parse_task_json
 from grace.resources import build_resources
 from grace.resources.search import Searcher, SearchHit, index_stats
+from grace.resources.store import Store
+
+
+class NoInstance(Exception):
+    """The Dagster home holds no dagster.yaml, or one Dagster cannot load: there is no run queue to read."""
 
 
 def searcher(config: str | Path | None = None) -> Searcher:
@@ -32,3 +42,84 @@ def stats(config: str | Path | None = None) -> dict:
     """total_embeddings, indexed_embeddings, pending, tombstoned, index_coverage, per shard and in total."""
     found = searcher(config)
     return index_stats(found.store, found.index, found.embedder.model_id)
+
+
+def submit(task: dict[str, Any] | str | bytes, config: str | Path | None = None, via: str = "api") -> str:
+    """Accept a task (a dict, or a task or seed-intent document as JSON text) into the store; its task id.
+
+    Raises grace.core.tasks.TaskRejected (DuplicateTask for a taken task_id) naming every problem.
+    The route_tasks sensor turns it into a Dagster run.
+    """
+    manifest = load_manifest(config)
+    accepted = parse_task_json(task, manifest) if isinstance(task, str | bytes) else parse_task(task, manifest)
+    store = Store(manifest.store_url)
+    try:
+        store.tasks.add(accepted, via)
+    finally:
+        store.dispose()
+    return accepted.task_id
+
+
+def task(task_id: str, config: str | Path | None = None) -> dict[str, Any] | None:
+    """A task as the store holds it (status, run id, times, queue wait, run time, sla_met, result); None if unknown."""
+    store = Store(load_manifest(config).store_url)
+    try:
+        record = store.tasks.get(task_id)
+    finally:
+        store.dispose()
+    return record.as_dict() if record is not None else None
+
+
+def tasks(statuses: list[str], limit: int = 50, config: str | Path | None = None) -> list[dict[str, Any]]:
+    """Tasks in these statuses, oldest first."""
+    store = Store(load_manifest(config).store_url)
+    try:
+        return [record.as_dict() for record in store.tasks.with_status(statuses, limit)]
+    finally:
+        store.dispose()
+
+
+def dagster_home_of(manifest: Manifest, given: str | Path | None = None) -> Path:
+    """The Dagster home routing is read from: given, else $DAGSTER_HOME, else the one `grace dev` renders."""
+    return Path(given or os.environ.get("DAGSTER_HOME") or manifest.dagster_home).resolve()
+
+
+def routing_stats(config: str | Path | None = None, dagster_home: str | Path | None = None) -> dict:
+    """Per-origin load, quota use, SLA breaches and queue waits, from the Dagster instance's runs and the store.
+
+    The shape of grace.resources.routing_stats.routing_stats, plus "dagster_home"; "instance_drift"
+    lists how that instance's run queue differs from grace.yaml (empty when it enforces it).
+    Raises NoInstance when the Dagster home has no dagster.yaml, or one Dagster cannot load.
+    """
+    manifest = load_manifest(config)
+    home = dagster_home_of(manifest, dagster_home)
+    if not (home / "dagster.yaml").is_file():
+        raise NoInstance(
+            f"no Dagster instance at {home} (it has no dagster.yaml); start `grace dev` once to render it, "
+            "or pass the Dagster home your daemon runs in (--dagster-home, or DAGSTER_HOME)"
+        )
+    import yaml
+    from dagster import DagsterInstance
+    from dagster._core.errors import DagsterError
+    from dagster_shared.check import CheckError
+
+    from grace.resources.routing_stats import routing_stats as compute
+
+    instance = None
+    try:
+        instance = DagsterInstance.from_config(str(home))
+        instance.run_coordinator  # noqa: B018 (built lazily: a class that cannot load fails here, not midway)
+    except (yaml.YAMLError, DagsterError, CheckError, OSError) as error:
+        if instance is not None:
+            instance.dispose()
+        problem = " ".join(str(error).split())[:500]
+        raise NoInstance(
+            f"Dagster cannot load the instance at {home}: {type(error).__name__}: {problem}; "
+            f"fix {home / 'dagster.yaml'}, or let `grace dev` render it again"
+        ) from None
+    store = Store(manifest.store_url)
+    try:
+        return {**compute(instance, store.tasks, manifest.routing), "dagster_home": str(home)}
+    finally:
+        store.dispose()
+        instance.dispose()

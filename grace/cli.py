@@ -1,4 +1,4 @@
-"""The `grace` command: validate the manifest, serve Dagster, search, and report index stats."""
+"""The `grace` command: validate the manifest, serve Dagster, search, report index stats, and route tasks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from grace.cli_tasks import add_task_commands, positive_int, print_drift
 from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
 
 DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="semantic search over everything ingested")
     search.add_argument("query", help="what to look for, in your own words")
-    search.add_argument("-k", type=_positive_int, default=5, help="number of results (default 5)")
+    search.add_argument("-k", type=positive_int, default=5, help="number of results (default 5)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
     _config_option(search)
     search.set_defaults(handler=_search)
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     version = store_commands.add_parser("version", help="print the store's schema revision")
     _config_option(version)
     version.set_defaults(handler=_store_version)
+
+    add_task_commands(commands, _config_option)
     return parser
 
 
@@ -86,18 +89,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", help=f"manifest file (default: $GRACE_CONFIG or {DEFAULT_MANIFEST})")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
     return value
@@ -113,23 +106,37 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from grace.instance import render_instance
+    from grace.instance import render_instance, rendered_drift
     from grace.resources.embedder import OFFLINE_ENVIRONMENT
 
     manifest_path = Path(args.config or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST).resolve()
     manifest = load_manifest(manifest_path)
     if not _lock_state_dir(manifest.state_dir):
         return 2
-    for source in manifest.sources:
-        source.path.mkdir(parents=True, exist_ok=True)
+    for folder in [*(source.path for source in manifest.sources), manifest.routing.inbox]:
+        folder.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or manifest.dagster_home).resolve()
     workspace = render_instance(manifest, home, manifest_path.parent)
+    # Read back the way the daemon will read it: capacity and quotas must survive the round trip.
+    drift = rendered_drift(home, manifest.routing)
+    if drift:
+        print_drift(
+            home,
+            drift,
+            "grace dev: not starting a daemon that would not enforce grace.yaml's routing. Dagster reads the "
+            "dagster.yaml just rendered differently from what Grace wrote: check that grace and dagster are "
+            "the versions installed together (`make dev` installs them).",
+        )
+        return 2
     environment = {**os.environ, **OFFLINE_ENVIRONMENT, "DAGSTER_HOME": str(home), "GRACE_CONFIG": str(manifest_path)}
     port = args.port or manifest.daemon.port
     dagster = str(Path(sys.executable).with_name("dagster"))
     command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-w", str(workspace)]
     watched = ", ".join(str(source.path) for source in manifest.sources) or "no folders (add sources to grace.yaml)"
-    print(f"grace: watching {watched}; UI on http://{manifest.daemon.host}:{port}", flush=True)
+    print(
+        f"grace: watching {watched}; task files in {manifest.routing.inbox}; UI on http://{manifest.daemon.host}:{port}",
+        flush=True,
+    )
     # A shell that ignores SIGINT would pass that on, and dagster dev copies it to SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.chdir(manifest_path.parent)

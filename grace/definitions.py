@@ -4,15 +4,19 @@ pipelines/ gives assets, jobs and schedules, sensors/ the sensors, resources/ th
 from dagster import Definitions, definitions
 
 from grace.core.manifest import Manifest, load_manifest
+from grace.core.names import TASK_JOB_PREFIX
 from grace.pipelines import build_pipelines
 from grace.resources import build_resources
 from grace.sensors import build_sensors
 
 
 def build_definitions(manifest: Manifest) -> Definitions:
+    pipelines = build_pipelines(manifest)
+    # The routing sensor targets the task jobs; sensors may not import pipelines, so they are passed here.
+    task_jobs = [job for job in pipelines.jobs if job.name.startswith(TASK_JOB_PREFIX)]
     return Definitions.merge(
-        build_pipelines(manifest),
-        Definitions(sensors=build_sensors(manifest), resources=build_resources(manifest)),
+        pipelines,
+        Definitions(sensors=build_sensors(manifest, task_jobs), resources=build_resources(manifest)),
     )
 
 

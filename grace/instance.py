@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from grace.core.manifest import Manifest
-from grace.core.routing import run_queue_limits
+from grace.core.routing import RoutingConfig, instance_drift, run_queue_limits
 
 HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
 
@@ -68,3 +68,14 @@ def render_instance(manifest: Manifest, dagster_home: Path, manifest_dir: Path) 
     target = dagster_home / "workspace.yaml"
     target.write_text(HEADER + yaml.safe_dump(workspace, sort_keys=False))
     return target
+
+
+def rendered_drift(dagster_home: Path, routing: RoutingConfig) -> list[str]:
+    """How the instance in dagster_home, loaded as Dagster loads it, differs from grace.yaml's routing ([] if not)."""
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        return instance_drift(instance, routing)
+    finally:
+        instance.dispose()

@@ -1,4 +1,4 @@
-"""Assets, jobs and schedules, built from the manifest alone."""
+"""Assets, jobs and schedules, built from the manifest alone: the shard pipeline, task jobs and routing stats."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB
 from grace.pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
 from grace.pipelines.ingest import build_ingest_assets
+from grace.pipelines.routing_stats import (
+    build_routing_stats_asset,
+    build_routing_stats_job,
+    build_routing_stats_schedule,
+)
+from grace.pipelines.tasks import build_task_jobs
 
 
 def shard_partitions(shards: int) -> StaticPartitionsDefinition:
@@ -62,9 +68,11 @@ def build_pipelines(manifest: Manifest) -> Definitions:
         executor_def=in_process_executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
+    stats_asset = build_routing_stats_asset(manifest)
+    stats_job = build_routing_stats_job(stats_asset)
     return Definitions(
-        assets=[*specs, *ingest_assets, index_asset],
+        assets=[*specs, *ingest_assets, index_asset, stats_asset],
         asset_checks=[consistency_check],
-        jobs=[ingest_job, rebuild_job],
-        schedules=[build_rebuild_schedule(manifest, rebuild_job)],
+        jobs=[ingest_job, rebuild_job, stats_job, *build_task_jobs(manifest)],
+        schedules=[build_rebuild_schedule(manifest, rebuild_job), build_routing_stats_schedule(manifest, stats_job)],
     )

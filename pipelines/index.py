@@ -1,7 +1,5 @@
 """vector_index: one Annoy index per shard, rebuilt from the store and swapped in atomically."""
 
-import time
-
 from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
@@ -25,7 +23,7 @@ from grace.core.names import rebuild_tags
 from grace.resources.consistency import check_shard
 from grace.resources.embedder import EmbedderResource
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
-from grace.resources.shard_status import shard_view
+from grace.resources.shard_status import rebuild_shard
 from grace.resources.store import StoreResource
 from grace.resources.vector_index import VectorIndexResource
 
@@ -59,15 +57,9 @@ def build_index_asset(
         vector_index: VectorIndexResource,
         shard_lease: ShardLeaseResource,  # held for the run: one writer per shard
     ) -> MaterializeResult:
-        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
         shard = int(context.partition_key)
-        started = time.perf_counter()
-        searchable = grace_store.embedded_chunk_ids(shard, index.shards, model_id)
-        chunk_ids, vectors = grace_store.vectors_of(searchable, model_id)
-        built = index.build(shard, chunk_ids, vectors, model_id)
-        seconds = time.perf_counter() - started
-        # Reads the swapped-in files back and compares them with the ids they were built from.
-        view = shard_view(index, shard, searchable, model_id)
+        rebuilt = rebuild_shard(store.get(), vector_index.get(), shard, embedder.get().model_id)
+        built, view, seconds = rebuilt.built, rebuilt.view, rebuilt.seconds
         counts = {
             "total_embeddings": len(view.searchable),
             "indexed_embeddings": view.indexed,

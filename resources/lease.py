@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Heartbeat:
     run_id: str
-    shard: int
+    shard: int | None  # None for a task run, which holds no shard of its own
     beat_at: datetime
 
 
@@ -97,8 +97,8 @@ class ShardLeases:
             )
         return taken.rowcount == 1
 
-    def beat(self, run_id: str, shard: int, now: datetime | None = None) -> None:
-        """Record that the run is alive (creating its heartbeat row if needed)."""
+    def beat(self, run_id: str, shard: int | None, now: datetime | None = None) -> None:
+        """Record that the run is alive (creating its heartbeat row if needed); shard None for a task run."""
         now = now or utc_now()
         with self.writer.begin() as connection:
             insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
@@ -121,9 +121,21 @@ class ShardLeases:
             connection.execute(delete(run_heartbeats).where(run_heartbeats.c.run_id == run_id))
             return connection.execute(delete(shard_leases).where(shard_leases.c.run_id == run_id)).rowcount
 
+    def release_lease(self, shard: int, run_id: str) -> bool:
+        """Give up one shard's lease, keeping the run's heartbeat; False if the run did not hold it."""
+        with self.writer.begin() as connection:
+            released = connection.execute(
+                delete(shard_leases).where(shard_leases.c.shard == shard, shard_leases.c.run_id == run_id)
+            )
+        return released.rowcount == 1
+
 
 class HeldShard:
-    """A context manager: beat for the run, wait for the shard's lease, and give both up on exit."""
+    """A context manager: beat for the run, wait for the shard's lease, and give both up on exit.
+
+    With own_heartbeat=False (a task run, whose heartbeat its run resource keeps) it neither
+    beats nor deletes the heartbeat: it only takes, renews and releases the shard's lease.
+    """
 
     def __init__(
         self,
@@ -134,18 +146,21 @@ class HeldShard:
         holder_ended: Callable[[str], bool] = lambda _run_id: False,
         renew_seconds: float = RENEW_SECONDS,
         poll_seconds: float = WAIT_POLL_SECONDS,
+        own_heartbeat: bool = True,
     ):
         """holder_ended(run id) says whether a run is known to have ended (Dagster's own run
         status), so its lease can be taken at once instead of after it expires."""
         self.leases, self.run_id, self.shard, self.log = leases, run_id, shard, log
         self.holder_ended = holder_ended
         self.renew_seconds, self.poll_seconds = renew_seconds, poll_seconds
+        self.own_heartbeat = own_heartbeat
         self.acquired = threading.Event()
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"grace-lease-{run_id[:8]}", daemon=True)
 
     def __enter__(self) -> HeldShard:
-        self.leases.beat(self.run_id, self.shard)
+        if self.own_heartbeat:
+            self.leases.beat(self.run_id, self.shard)
         self._renewer.start()
         try:
             self._wait_for_lease()
@@ -173,7 +188,8 @@ class HeldShard:
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_seconds):
             try:
-                self.leases.beat(self.run_id, self.shard)
+                if self.own_heartbeat:
+                    self.leases.beat(self.run_id, self.shard)
                 if self.acquired.is_set() and not self.leases.renew(self.shard, self.run_id):
                     self.acquired.clear()  # said once; the run goes on, but no longer as the shard's writer
                     self.log.error(
@@ -187,7 +203,10 @@ class HeldShard:
         self._stop.set()
         if self._renewer.is_alive():
             self._renewer.join()
-        self.leases.release_run(self.run_id)
+        if self.own_heartbeat:
+            self.leases.release_run(self.run_id)
+        else:
+            self.leases.release_lease(self.shard, self.run_id)
 
 
 class ShardLeaseResource(ConfigurableResource):

@@ -1,16 +1,18 @@
 """What a shard holds right now compared with its index: pending, tombstoned, coverage.
 
-Search, stats, the rebuild asset and the freshness sensor all read a shard's status here.
+Search, stats, the rebuild asset and the freshness sensor all read a shard's status here, and
+the rebuild asset and the reindex task both rebuild a shard with rebuild_shard.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from grace.resources.store import Store
-from grace.resources.vector_index import IndexCorrupt, LoadedIndex, ShardedIndex
+from grace.resources.vector_index import IndexCorrupt, IndexVersion, LoadedIndex, ShardedIndex
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,24 @@ def stale_fraction(pending: int, tombstoned: int, total_embeddings: int) -> floa
 def coverage(indexed: int, total: int) -> float:
     """Share of searchable embeddings that the index holds; 1.0 for an empty shard."""
     return indexed / total if total else 1.0
+
+
+@dataclass(frozen=True)
+class RebuiltShard:
+    built: IndexVersion
+    view: ShardView  # read back from the swapped-in files
+    seconds: float
+
+
+def rebuild_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) -> RebuiltShard:
+    """Build a shard's index from every searchable embedding it has and swap it in.
+
+    The caller must hold the shard's lease: one writer per shard.
+    """
+    started = time.perf_counter()
+    searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
+    chunk_ids, vectors = store.vectors_of(searchable, model_id)
+    built = index.build(shard, chunk_ids, vectors, model_id)
+    seconds = time.perf_counter() - started
+    # Reads the swapped-in files back and compares them with the ids they were built from.
+    return RebuiltShard(built, shard_view(index, shard, searchable, model_id), seconds)

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, unio
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from grace.resources import key_tables  # noqa: F401 - the key tables belong to the store's schema
 from grace.resources.ledger import Ledger
 from grace.resources.migrations import ensure_head
 from grace.resources.schema import (

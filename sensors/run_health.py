@@ -1,11 +1,13 @@
 """Dead runs free their shard: a run whose heartbeat stopped is failed, its leases are freed,
-and its shard's ingest is requested again on the same tick.
+and its shard's ingest is requested again on the same tick. A dead task run is failed too, and
+the instance's run retries run its task again.
 
 Dagster's code server fails a run whose worker process it saw die (measured on 1.13.27: SIGKILL
 is reported within a second). A worker that hangs (stopped, deadlocked), or whose code server
 went away first, is seen by no one: its run would stay STARTED, holding its place in the run
-queue's per-shard limit, until run monitoring's max runtime. Each shard run's lease resource
-beats every RENEW_SECONDS; this sensor ends the runs that stopped.
+queue's per-shard limit, until run monitoring's max runtime. Each shard run's lease resource,
+and each task run's heartbeat resource, beats every RENEW_SECONDS; this sensor ends the runs
+that stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from dagster import (
     sensor,
 )
 
-from grace.core.names import INGEST_JOB, PARTITION_TAG, REASON_TAG, REBUILD_JOB, SHARD_TAG
+from grace.core.names import (
+    INGEST_JOB,
+    PARTITION_TAG,
+    REASON_TAG,
+    REBUILD_JOB,
+    SHARD_TAG,
+    TASK_ID_TAG,
+    TASK_JOB_PREFIX,
+)
 from grace.resources.lease import HEARTBEAT_TTL_SECONDS, Heartbeat, ShardLeases
 from grace.resources.schema import utc_now
 from grace.resources.store import StoreResource
@@ -52,10 +62,10 @@ class DeadRun:
 
 
 def find_dead_runs(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], now: datetime) -> list[DeadRun]:
-    """Running or canceling runs that hold or wait for a shard and stopped beating.
+    """Running or canceling runs that hold or wait for a shard, or run a task, and stopped beating.
 
-    Grace's shard jobs are watched from their start; any other run (a UI materialization of
-    the shard assets) once it has registered a heartbeat.
+    Grace's shard and task jobs are watched from their start; any other run (a UI
+    materialization of the shard assets) once it has registered a heartbeat.
     """
     dead = []
     for record in instance.get_run_records(RunsFilter(statuses=WATCHED_STATUSES)):
@@ -66,16 +76,21 @@ def find_dead_runs(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], 
             if silent <= HEARTBEAT_TTL_SECONDS:
                 continue
             reason = f"its run worker stopped beating {silent:.0f}s ago (limit {HEARTBEAT_TTL_SECONDS:.0f}s)"
-        elif run.job_name in SHARD_JOBS:
+        elif run.job_name in SHARD_JOBS or is_task_run(run):
             silent = now.timestamp() - _last_sign_of_life(instance, run.run_id, record.update_timestamp.timestamp())
             if silent <= STARTUP_GRACE_SECONDS:
                 continue
             reason = f"its run worker never registered a heartbeat and has been silent for {silent:.0f}s"
         else:
             continue
-        shard = beat.shard if beat is not None else _partition_shard(run)
+        # A task run holds no shard of its own (a reindex task's leases are freed with the run).
+        shard = None if is_task_run(run) else beat.shard if beat is not None else _partition_shard(run)
         dead.append(DeadRun(run, shard, reason))
     return dead
+
+
+def is_task_run(run: DagsterRun) -> bool:
+    return run.job_name.startswith(TASK_JOB_PREFIX) or TASK_ID_TAG in run.tags
 
 
 def ended_run_beats(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], now: datetime) -> list[str]:
@@ -92,7 +107,8 @@ def ended_run_beats(instance: DagsterInstance, heartbeats: dict[str, Heartbeat],
 
 def reap(instance: DagsterInstance, leases: ShardLeases, dead: DeadRun) -> int:
     """End a dead run in the instance and free its leases; returns how many leases were freed."""
-    message = f"Grace run_health: {dead.reason}; the run is ended so its shard can run again"
+    then = "its task can run again (run retries)" if is_task_run(dead.run) else "its shard can run again"
+    message = f"Grace run_health: {dead.reason}; the run is ended so {then}"
     if dead.run.status == DagsterRunStatus.CANCELING:
         instance.report_run_canceled(dead.run, message)
     else:
@@ -107,7 +123,8 @@ def build_run_health_sensor() -> SensorDefinition:
         minimum_interval_seconds=TICK_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Fails runs whose heartbeat is older than {HEARTBEAT_TTL_SECONDS:.0f}s (a killed run worker), "
-        "frees their shards and requests their ingest again; index_freshness re-requests rebuilds.",
+        "frees their shards and requests their ingest again; index_freshness re-requests rebuilds, and "
+        "the instance's run retries rerun dead task runs.",
     )
     def run_health(context: SensorEvaluationContext, store: StoreResource):
         leases, now = ShardLeases(store.get().engine), utc_now()

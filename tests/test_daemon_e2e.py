@@ -74,9 +74,10 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         assert (location["name"], location["loadStatus"]) == ("grace", "LOADED")
         [repository] = location["locationOrLoadError"]["repositories"]
         assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
-        assert assets == {"sources/documents", "documents", "chunks", "embeddings", "vector_index"}
+        assert assets == {"sources/documents", "documents", "chunks", "embeddings", "vector_index", "routing_stats"}
         sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-        assert sensors == {"watch_documents": "RUNNING", "index_freshness": "RUNNING", "run_health": "RUNNING"}
+        expected = ["watch_documents", "index_freshness", "run_health", "route_tasks", "task_status"]
+        assert sensors == dict.fromkeys(expected, "RUNNING")
         for name, text in DOCUMENTS.items():
             (inbox / name).parent.mkdir(parents=True, exist_ok=True)
             (inbox / name).write_text(text)

@@ -1,4 +1,4 @@
-"""Dead runs free their shard: the run_health sensor on a real instance (fast), one `grace dev`
+"""Dead runs free their shard (or their task's retry): the run_health sensor on a real instance (fast), one `grace dev`
 per state dir, the rendered instance, and a run worker killed with SIGKILL under a real `grace dev`."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 from grace.cli import DEV_LOCK, main
 from grace.core.manifest import load_manifest
 from grace.core.names import INGEST_JOB, PARTITION_TAG, REASON_TAG, REBUILD_JOB, ingest_tags, rebuild_tags
+from grace.core.tasks import Task, task_run_tags
 from grace.instance import CANCEL_TIMEOUT_SECONDS, render_instance
 from grace.resources.embedder import Embedder
 from grace.resources.lease import HEARTBEAT_TTL_SECONDS, ShardLeases
@@ -83,6 +84,46 @@ def test_a_run_that_never_beat_is_dead_only_after_the_start_up_grace():
     assert "never registered a heartbeat" in dead.reason
 
 
+def add_task_run(instance: DagsterInstance, job_name: str, status: DagsterRunStatus) -> DagsterRun:
+    task = Task(uuid.uuid4().hex, "echo", "intent", 0, 30_000, {}, 2, job_name.removeprefix("task_"))
+    tags = task_run_tags(task, ("intent",))
+    return instance.add_run(DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, tags=tags))
+
+
+def test_run_health_fails_a_silent_task_run_frees_its_lease_and_requests_no_shard(tmp_path, store_url):
+    deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=2)
+    instance, leases = deployment.instance, ShardLeases(deployment.store.engine)
+    dead = add_task_run(instance, "task_reindex", DagsterRunStatus.STARTED)
+    live = add_task_run(instance, "task_echo", DagsterRunStatus.STARTED)
+    now = utc_now()
+    leases.beat(dead.run_id, None, now=now - timedelta(seconds=HEARTBEAT_TTL_SECONDS + 30))
+    assert leases.try_acquire(1, dead.run_id, now=now) is None  # a reindex task holding shard 1
+    leases.beat(live.run_id, None, now=now)
+
+    assert deployment.tick("run_health") == [], "a task's retry is the instance's run retries, not a shard run"
+
+    status = {run.run_id: run.status for run in instance.get_runs()}
+    assert status[dead.run_id] == DagsterRunStatus.FAILURE and status[live.run_id] == DagsterRunStatus.STARTED
+    [failure] = instance.get_records_for_run(dead.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    assert "stopped beating" in failure.event_log_entry.message
+    assert "its task can run again" in failure.event_log_entry.message
+    assert set(leases.heartbeats()) == {live.run_id}
+    assert leases.try_acquire(1, "next-run") is None, "the dead task run's shard lease is gone"
+
+
+def test_a_task_run_that_never_beat_is_dead_after_the_start_up_grace():
+    instance = DagsterInstance.ephemeral()
+    task_run = add_task_run(instance, "task_echo", DagsterRunStatus.STARTING)
+    tagged = instance.add_run(  # launched some other way (the UI), but carrying a task id
+        DagsterRun(job_name="adhoc", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED, tags=task_run.tags)
+    )
+    instance.add_run(DagsterRun(job_name="adhoc", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED))
+    assert find_dead_runs(instance, {}, utc_now() + timedelta(seconds=STARTUP_GRACE_SECONDS / 2)) == []
+    dead = find_dead_runs(instance, {}, utc_now() + timedelta(seconds=STARTUP_GRACE_SECONDS + 5))
+    assert {(run.run.run_id, run.shard) for run in dead} == {(task_run.run_id, None), (tagged.run_id, None)}
+    assert all("never registered a heartbeat" in run.reason for run in dead)
+
+
 def test_a_backfill_run_without_grace_tags_counts_as_in_flight():
     instance = DagsterInstance.ephemeral()
     add_run(instance, INGEST_JOB, 1, DagsterRunStatus.STARTING)
@@ -98,7 +139,7 @@ def test_the_rendered_instance_limits_one_run_per_partition_and_ends_dead_cancel
     try:
         assert instance.run_monitoring_cancel_timeout_seconds == CANCEL_TIMEOUT_SECONDS
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
-        assert limits == [{"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+        assert {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     finally:
         instance.dispose()
 

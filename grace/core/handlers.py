@@ -34,7 +34,8 @@ class HandlerError(Exception):
 class TaskContext:
     """What a handler gets besides its payload: the task, the manifest, a logger and the services.
 
-    services holds the run's resources by name: "store", "embedder" and "vector_index".
+    services holds the run's resources by name: "store", "embedder", "vector_index", and "instance"
+    (the Dagster instance, so a handler can tell whether another run has ended).
     """
 
     task: Any  # grace.core.tasks.Task

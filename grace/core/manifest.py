@@ -18,8 +18,10 @@ from pydantic import (
     model_validator,
 )
 
+from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.routing import RoutingConfig
+from grace.core.secrets import check_key_file, parse_secret_ref
 from grace.core.validators import resolve_path, validate_cron
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -183,6 +185,7 @@ class Manifest(Section):
     daemon: DaemonConfig = DaemonConfig()
     # Validated even when absent, so that its folders resolve against grace.yaml's folder.
     routing: RoutingConfig = Field(default={}, validate_default=True)
+    keys: KeysConfig = Field(default={}, validate_default=True)
 
     @field_validator("state_dir")
     @classmethod
@@ -230,6 +233,16 @@ class Manifest(Section):
                     f"routing.inbox ({inbox}) overlaps source '{source.name}' ({source.path}): task files "
                     "would be ingested as documents; give the inbox a folder of its own"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _default_key_file(self) -> Manifest:
+        if self.keys.kek is None:
+            # The default lives in state_dir, which is only known now; an existing file must be private.
+            reference = parse_secret_ref(f"file:{self.state_dir / DEFAULT_KEY_FILE}")
+            if os.path.lexists(reference.path):
+                check_key_file(reference)
+            object.__setattr__(self.keys, "kek", str(reference))
         return self
 
     @property

@@ -48,7 +48,8 @@ class RoutingConfig(BaseModel):
         validate_cron(self.stats_cron)
         over = {origin: quota for origin, quota in self.origins.items() if quota > self.capacity}
         if over:
-            raise ValueError(f"quotas above capacity {self.capacity}: {over}; lower them or raise capacity")
+            hint = "" if "origins" in self.model_fields_set else " (the default origins; set routing.origins)"
+            raise ValueError(f"quotas above capacity {self.capacity}: {over}{hint}; lower them or raise capacity")
         if self.default_quota > self.capacity:
             raise ValueError(f"default_quota {self.default_quota} is above capacity {self.capacity}")
         if not self.routes:

@@ -176,6 +176,16 @@ def _priority(value: str | int) -> int:
 def _problems(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     problems = []
     for item in error.errors(include_url=False):
+        if item["loc"] and item["loc"][0] == "priority" and not prefix:
+            # One line for the union (a name or a number) instead of one per alternative.
+            low, high = PRIORITY_RANGE
+            problem = (
+                "priority",
+                f"{item['input']!r} is not a priority; use low, normal, high, critical or {low}..{high}",
+            )
+            if problem not in problems:
+                problems.append(problem)
+            continue
         where = prefix + (".".join(str(part) for part in item["loc"]) or "(top level)")
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":

@@ -1,0 +1,243 @@
+"""What the key vault keeps in the store: its tables, their row types, and the formats of what it writes.
+
+A data key is stored only wrapped: nonce || AES-GCM(KEK, key), with its version as associated
+data. An encrypted column holds tokens gk1:<version>:<base64url(nonce || AES-GCM(data key, text))>,
+sealed with the row they belong to as associated data. The version stays readable, so SQL can
+count the rows that still use a version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Select,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    tuple_,
+)
+from sqlalchemy import text as sql_text
+
+from grace.resources.schema import as_utc, metadata, utc_now
+
+
+class KeyStatus:
+    PRIMARY, DECRYPT_ONLY, DESTROYED = "primary", "decrypt-only", "destroyed"
+
+
+class KeyEvent:
+    """What key_audit.event says happened."""
+
+    VERSION_CREATED, ROTATED, REWRAP_PROGRESS = "version_created", "rotated", "rewrap_progress"
+    DESTROYED, DESTROY_REFUSED = "destroyed", "destroy_refused"
+    KEK_ROTATED, DECRYPT_FAILED = "kek_rotated", "decrypt_failed"
+
+
+TOKEN_PREFIX = "gk1:"
+TOKEN_PATTERN = re.compile(r"^gk1:([1-9][0-9]{0,8}):([A-Za-z0-9_-]{38,})$")  # 38 = nonce + GCM tag, unpadded
+NONCE_BYTES = 12
+
+key_versions = Table(
+    "key_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("wrapped_key", LargeBinary, doc="nonce || AES-GCM(KEK, data key); NULL once destroyed"),
+    Column("kek_id", String(16), nullable=False, doc="fingerprint of the KEK that wrapped it, never the KEK"),
+    Column("status", String(16), nullable=False, doc="a KeyStatus"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("rotate_after", DateTime(timezone=True), nullable=False),
+    Column("destroyed_at", DateTime(timezone=True)),
+)
+# At most one primary, whatever two rotations racing on two machines do.
+Index(
+    "uq_key_versions_one_primary",
+    key_versions.c.status,
+    unique=True,
+    sqlite_where=sql_text("status = 'primary'"),
+    postgresql_where=sql_text("status = 'primary'"),
+)
+
+# Every key event, appended and never changed: the migration adds triggers that refuse UPDATE and DELETE.
+key_audit = Table(
+    "key_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False, doc="a KeyEvent"),
+    Column("version", Integer),
+    Column("run_id", String(64)),
+    Column("detail", Text, doc="JSON; never plaintext or key material"),
+    sqlite_autoincrement=True,
+)
+Index("ix_key_audit_event", key_audit.c.event, key_audit.c.id)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    version: int
+    status: str
+    kek_id: str
+    created_at: datetime
+    rotate_after: datetime
+    destroyed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> KeyVersion:
+        values = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        for name in ("created_at", "rotate_after", "destroyed_at"):
+            if values[name] is not None:
+                values[name] = as_utc(values[name])  # SQLite hands back naive datetimes
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    event: str
+    version: int | None
+    run_id: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> AuditEntry:
+        return cls(row.id, as_utc(row.at), row.event, row.version, row.run_id, json.loads(row.detail or "{}"))
+
+
+def kek_id(kek: bytes) -> str:
+    """A fingerprint that tells KEKs apart without revealing them."""
+    return hmac.new(kek, b"grace-kek-id", hashlib.sha256).hexdigest()[:16]
+
+
+def wrap_data_key(kek: AESGCM, version: int, data_key: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + kek.encrypt(nonce, data_key, _wrap_aad(version))
+
+
+def unwrap_data_key(kek: AESGCM, version: int, wrapped: bytes) -> bytes:
+    """The data key; cryptography's InvalidTag if kek did not wrap it for this version."""
+    return kek.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _wrap_aad(version))
+
+
+def _wrap_aad(version: int) -> bytes:
+    # A wrapped key copied onto another version's row does not open.
+    return f"grace-data-key:{version}".encode()
+
+
+def is_ciphertext(value: object) -> bool:
+    return isinstance(value, str) and TOKEN_PATTERN.match(value) is not None
+
+
+def token_version(token: str) -> int | None:
+    """The key version a token names; None if the value is not a token."""
+    match = TOKEN_PATTERN.match(token) if isinstance(token, str) else None
+    return int(match.group(1)) if match else None
+
+
+def seal(cipher: AESGCM, version: int, plaintext: str, aad: str) -> str:
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = nonce + cipher.encrypt(nonce, plaintext.encode(), aad.encode())
+    return f"{TOKEN_PREFIX}{version}:{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
+
+
+def open_token(cipher: AESGCM, token: str, aad: str) -> str:
+    """The plaintext of a well-formed token; InvalidTag if it was altered or sealed for other aad or key."""
+    encoded = token.rsplit(":", 1)[1]
+    sealed = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad.encode()).decode()
+
+
+def row_binding(column: Column, key_values: Sequence[Any]) -> str:
+    """Associated data that ties a token to one column of one row, e.g. documents.text:["ab12"]."""
+    return f"{column_name(column)}:{json.dumps(list(key_values), separators=(',', ':'))}"
+
+
+def column_name(column: Column) -> str:
+    return f"{column.table.name}.{column.name}"
+
+
+def under_version(column: Column, version: int | None = None):
+    """SQL: the column holds a token (of this version, if given).
+
+    substr, not LIKE: LIKE ignores case on SQLite, and a prefix compare is exact on both backends.
+    """
+    prefix = TOKEN_PREFIX if version is None else f"{TOKEN_PREFIX}{version}:"
+    return func.substr(column, 1, len(prefix)) == prefix
+
+
+def locked(connection: Connection, query):
+    """query FOR UPDATE on PostgreSQL; SQLite's writer transaction already holds the write lock."""
+    return query.with_for_update() if connection.dialect.name == "postgresql" else query
+
+
+def primary_row(connection: Connection) -> Any:
+    return connection.execute(select(key_versions).where(key_versions.c.status == KeyStatus.PRIMARY)).first()
+
+
+def version_row(connection: Connection, version: int, lock: bool = False) -> Any:
+    query = select(key_versions).where(key_versions.c.version == version)
+    return connection.execute(locked(connection, query) if lock else query).first()
+
+
+def retired_at(connection: Connection, version: int) -> datetime | None:
+    """When the version stopped being primary: its first successor's creation."""
+    query = select(func.min(key_versions.c.created_at)).where(key_versions.c.version > version)
+    retired = connection.execute(query).scalar_one()
+    return as_utc(retired) if retired is not None else None
+
+
+def append_audit(connection: Connection, event: str, version: int | None, run_id: str | None, detail: dict) -> None:
+    row = {"at": utc_now(), "event": event, "version": version, "run_id": run_id, "detail": json.dumps(detail)}
+    connection.execute(insert(key_audit).values(**row))
+
+
+def rows_under(connection: Connection, columns: Sequence[Column], version: int) -> dict[str, int]:
+    """Rows per column (columns with none left out) whose token names this version."""
+    counts = {}
+    for column in columns:
+        query = select(func.count()).select_from(column.table).where(under_version(column, version))
+        counts[column_name(column)] = connection.execute(query).scalar_one()
+    return {name: rows for name, rows in counts.items() if rows}
+
+
+def stale_values(
+    column: Column, target: int, include_plaintext: bool, after: Sequence[Any] | None, limit: int
+) -> Select:
+    """(primary key..., value) of the next rows after `after` whose value is not under version target."""
+    keys = list(column.table.primary_key.columns)
+    query = select(*keys, column).where(column.is_not(None), ~under_version(column, target))
+    if not include_plaintext:
+        query = query.where(under_version(column))
+    if after is not None:
+        query = query.where(tuple_(*keys) > tuple_(*after))
+    return query.order_by(*keys).limit(limit)
+
+
+def aware_utc(now: datetime | None) -> datetime:
+    """now, or the current time, as aware UTC; a naive time is refused rather than guessed."""
+    if now is None:
+        return utc_now()
+    if now.tzinfo is None:
+        raise ValueError("key times must be timezone-aware; use datetime.now(UTC)")
+    return as_utc(now)
