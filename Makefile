@@ -24,3 +24,4 @@ bench: install
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/keys.py

@@ -10,6 +10,9 @@ print(task(task_id)["status"])
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,89 @@ def routing_stats(config: str | Path | None = None, dagster_home: str | Path | N
     finally:
         store.dispose()
         instance.dispose()
+
+
+def key_status(config: str | Path | None = None) -> dict:
+    """Each key version's status, age and rows under it, the primary's due time and overdue flag, and where
+    the KEK lives (never the KEK). Raises SecretError or KeyVaultError when the KEK is missing or wrong."""
+    from grace.pipelines.keys import key_status as status_of
+
+    with _key_vault(load_manifest(config), "api") as vault:
+        return status_of(vault)
+
+
+def rotate_keys(force: bool = False, config: str | Path | None = None, via: str = "api") -> dict:
+    """A new primary key version if the current one is due (or force), then every row rewrapped to it and
+    unused old versions destroyed: the rotate_keys job's report (rotated, primary, rewrapped, destroyed, kept)."""
+    from grace.resources.handlers import rotate_and_rewrap
+
+    manifest = load_manifest(config)
+    with _key_vault(manifest, via) as vault:
+        return rotate_and_rewrap(vault, force, manifest.keys.rewrap_batch)
+
+
+def rewrap_keys(config: str | Path | None = None, via: str = "api") -> dict:
+    """Every row under an older key version re-encrypted to the primary: {"primary", "rewrapped": {column: rows}}."""
+    manifest = load_manifest(config)
+    with _key_vault(manifest, via) as vault:
+        primary = vault.ensure_primary().version
+        return {"primary": primary, "rewrapped": vault.rewrap_all(manifest.keys.rewrap_batch)}
+
+
+def destroy_key(version: int, config: str | Path | None = None, via: str = "api") -> None:
+    """Erase a key version's data key; DestroyRefused (with the reason) while it is primary, recent or in use."""
+    with _key_vault(load_manifest(config), via) as vault:
+        vault.destroy(version)
+
+
+def rotate_kek(new_kek: str, config: str | Path | None = None, via: str = "api") -> dict:
+    """Rewrap every data key under the KEK at new_kek (env:NAME, or file:PATH relative to the working folder);
+    no row changes. Afterwards grace.yaml's keys.kek must name the new reference: {"versions", "from", "to"}."""
+    from grace.core.secrets import SecretError, parse_secret_ref, resolve_secret
+    from grace.resources.key_tables import KeyStatus
+
+    manifest = load_manifest(config)
+    reference = parse_secret_ref(new_kek, Path.cwd())
+    new_key = resolve_secret(reference)
+    with _key_vault(manifest, via) as vault:
+        if new_key == resolve_secret(manifest.keys.kek):
+            raise SecretError(f"{reference.describe()} is the KEK in use already; give a new key")
+        live = [version for version in vault.versions() if version.status != KeyStatus.DESTROYED]
+        vault.rotate_kek(new_key, reference.describe())
+    return {"versions": len(live), "from": manifest.keys.kek, "to": str(reference)}
+
+
+def check_kek(manifest: Manifest) -> str:
+    """Where the KEK was found, once it is known to open the store's data keys; SecretError or WrongKek if not."""
+    with _key_vault(manifest, "check") as vault:
+        return vault.kek_source
+
+
+def stored_key_versions(manifest: Manifest) -> int:
+    """Key versions not destroyed in the manifest's store (0 for a new store), read without the KEK."""
+    from sqlalchemy import func, inspect, select
+
+    from grace.resources.key_tables import KeyStatus, key_versions
+    from grace.resources.schema import make_engine
+
+    engine = make_engine(manifest.store_url)
+    try:
+        if not inspect(engine).has_table(key_versions.name):
+            return 0
+        live = select(func.count()).select_from(key_versions).where(key_versions.c.status != KeyStatus.DESTROYED)
+        with engine.connect() as connection:
+            return connection.execute(live).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _key_vault(manifest: Manifest, via: str) -> Iterator[Any]:
+    """A KeyVault over the manifest's store; its audit entries carry "<via>:<id>" where a run id would be."""
+    from grace.resources.handlers import open_key_vault
+
+    store = Store(manifest.store_url)
+    try:
+        yield open_key_vault(manifest, store.engine, f"{via}:{uuid.uuid4().hex[:12]}")
+    finally:
+        store.dispose()

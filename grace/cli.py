@@ -1,4 +1,4 @@
-"""The `grace` command: validate the manifest, serve Dagster, search, report index stats, and route tasks."""
+"""The `grace` command: validate the manifest, serve Dagster, search, report index stats, route tasks, keys."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from grace.cli_keys import add_key_commands, ensure_key_file
 from grace.cli_tasks import add_task_commands, positive_int, print_drift
 from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from grace.core.secrets import SecretError, parse_secret_ref
 
 DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
 
@@ -26,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ManifestError as error:
         print(error, file=sys.stderr)
+        return 2
+    except SecretError as error:  # a KEK missing, unsafe or not a key: the message names where it looked
+        print(f"grace: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if not _is_key_error(error):
+            raise
+        print(f"grace: {error}", file=sys.stderr)
         return 2
     except SQLAlchemyError as error:
         problem = str(error).splitlines()[0]
@@ -82,7 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     version.set_defaults(handler=_store_version)
 
     add_task_commands(commands, _config_option)
+    add_key_commands(commands, _config_option)
     return parser
+
+
+def _is_key_error(error: BaseException) -> bool:
+    """A KeyVaultError (wrong KEK, refused destroy), told apart without importing the vault into every command."""
+    key_tables = sys.modules.get("grace.resources.key_tables")  # loaded with anything that raises one
+    return key_tables is not None and isinstance(error, key_tables.KeyVaultError)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -100,12 +117,14 @@ def _validate(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.path)
     names = ", ".join(source.name for source in manifest.sources) or "none"
     print(
-        f"ok: {len(manifest.sources)} source(s) ({names}), {manifest.index.shards} shard(s), store {manifest.store_url}"
+        f"ok: {len(manifest.sources)} source(s) ({names}), {manifest.index.shards} shard(s), "
+        f"store {manifest.store_url}, KEK from {parse_secret_ref(manifest.keys.kek).describe()}"
     )
     return 0
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from grace.api import check_kek
     from grace.instance import render_instance, rendered_drift
     from grace.resources.embedder import OFFLINE_ENVIRONMENT
 
@@ -113,6 +132,10 @@ def _dev(args: argparse.Namespace) -> int:
     manifest = load_manifest(manifest_path)
     if not _lock_state_dir(manifest.state_dir):
         return 2
+    created = ensure_key_file(manifest)
+    if created:
+        print(created, flush=True)
+    check_kek(manifest)  # a missing or wrong KEK stops the start here, not in every run
     for folder in [*(source.path for source in manifest.sources), manifest.routing.inbox]:
         folder.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or manifest.dagster_home).resolve()

@@ -1,4 +1,4 @@
-"""Assets, jobs and schedules, built from the manifest alone: the shard pipeline, task jobs and routing stats."""
+"""Assets, jobs and schedules, built from the manifest alone: the shard pipeline, task jobs, routing stats and keys."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB
 from grace.pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
 from grace.pipelines.ingest import build_ingest_assets
+from grace.pipelines.keys import build_key_assets, build_rotate_keys_job, build_rotate_keys_schedule
 from grace.pipelines.routing_stats import (
     build_routing_stats_asset,
     build_routing_stats_job,
@@ -70,9 +71,15 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     )
     stats_asset = build_routing_stats_asset(manifest)
     stats_job = build_routing_stats_job(stats_asset)
+    key_assets = build_key_assets(manifest)
+    rotate_keys_job = build_rotate_keys_job(manifest, key_assets)
     return Definitions(
-        assets=[*specs, *ingest_assets, index_asset, stats_asset],
+        assets=[*specs, *ingest_assets, index_asset, stats_asset, *key_assets],
         asset_checks=[consistency_check],
-        jobs=[ingest_job, rebuild_job, stats_job, *build_task_jobs(manifest)],
-        schedules=[build_rebuild_schedule(manifest, rebuild_job), build_routing_stats_schedule(manifest, stats_job)],
+        jobs=[ingest_job, rebuild_job, stats_job, rotate_keys_job, *build_task_jobs(manifest)],
+        schedules=[
+            build_rebuild_schedule(manifest, rebuild_job),
+            build_routing_stats_schedule(manifest, stats_job),
+            build_rotate_keys_schedule(manifest, rotate_keys_job),
+        ],
     )

@@ -1,4 +1,4 @@
-"""The built-in task handlers: ingest, search and reindex, each fn(payload model, TaskContext) -> JSON.
+"""The built-in task handlers: ingest, search, reindex and rotate_keys, each fn(payload model, TaskContext) -> JSON.
 
 ingest writes a file into a watched folder and nothing more: the folder's sensor picks it up,
 so content that arrives as a task follows exactly the path of a dropped file.
@@ -14,12 +14,18 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from grace.core.globs import wanted
-from grace.core.handlers import IngestPayload, ReindexPayload, SearchPayload, TaskContext
-from grace.core.manifest import SourceConfig
+from grace.core.handlers import IngestPayload, ReindexPayload, RotateKeysPayload, SearchPayload, TaskContext
+from grace.core.manifest import Manifest, SourceConfig
+from grace.core.secrets import parse_secret_ref, resolve_secret
+from grace.resources.key_tables import KeyStatus
+from grace.resources.key_vault import REWRAP_BATCH, DestroyRefused, KeyVault
 from grace.resources.lease import HeldShard, ShardLeases, run_has_ended
 from grace.resources.search import Searcher, hit_dict
 from grace.resources.shard_status import rebuild_shard
@@ -175,8 +181,75 @@ def reindex(payload: ReindexPayload, context: TaskContext) -> dict:
     return {"shards": rebuilt}
 
 
+def rotate_keys(payload: RotateKeysPayload, context: TaskContext) -> dict:
+    """Rotate the data key if it is due (or payload.force), rewrap every encrypted row, destroy unused versions."""
+    vault = open_key_vault(context.manifest, context.services["store"].engine, context.run_id)
+    report = rotate_and_rewrap(vault, payload.force, context.manifest.keys.rewrap_batch)
+    context.log.info(
+        f"task {context.task.task_id}: primary key version {report['primary']} "
+        f"({'new' if report['rotated'] else 'not due'}), {sum(report['rewrapped'].values())} rows rewrapped"
+    )
+    return report
+
+
+def open_key_vault(manifest: Manifest, engine: Engine, run_id: str | None) -> KeyVault:
+    """The vault that grace.yaml's keys section describes, over a store's engine; its audit entries carry run_id."""
+    keys = manifest.keys
+    return KeyVault(
+        engine,
+        resolve_secret(keys.kek),
+        keys.rotate_every,
+        keys.min_decryption_versions,
+        run_id=lambda: run_id,
+        kek_source=parse_secret_ref(keys.kek).describe(),
+    )
+
+
+def rotate_and_rewrap(
+    vault: KeyVault, force: bool = False, batch_size: int = REWRAP_BATCH, now: datetime | None = None
+) -> dict:
+    """What rotate_keys does wherever it runs (its job, a task, `grace keys rotate`), as a JSON report.
+
+    A new primary if the current one is due (or force); every encrypted column rewrapped to the
+    primary; then each decrypt-only version below the newest min_decryption_versions is offered to
+    destroy(), which refuses while any row (or a recently retired writer) may use it: refusals are
+    reported under "kept", never raised.
+    """
+    created = vault.rotate(now, force)
+    primary = vault.ensure_primary()
+    rewrapped = vault.rewrap_all(batch_size)
+    destroyed, kept = destroy_unused(vault, now)
+    return {
+        "rotated": created is not None,
+        "primary": primary.version,
+        "rotate_after": primary.rotate_after.isoformat(timespec="seconds"),
+        "rewrapped": rewrapped,
+        "destroyed": destroyed,
+        "kept": kept,
+    }
+
+
+def destroy_unused(vault: KeyVault, now: datetime | None = None) -> tuple[list[int], dict[str, str]]:
+    """(versions destroyed, {version: why it was kept}) of the versions old enough to be destroyed."""
+    versions = vault.versions()
+    if not versions:
+        return [], {}
+    lowest_kept = max(version.version for version in versions) - vault.min_decryption_versions + 1
+    destroyed, kept = [], {}
+    for version in versions:
+        if version.status != KeyStatus.DECRYPT_ONLY or version.version >= lowest_kept:
+            continue
+        try:
+            vault.destroy(version.version, now)
+            destroyed.append(version.version)
+        except DestroyRefused as refusal:
+            kept[str(version.version)] = str(refusal)
+    return destroyed, kept
+
+
 BUILTIN_IMPLEMENTATIONS: dict[str, Callable[[Any, TaskContext], Any]] = {
     "ingest": ingest,
     "search": search,
     "reindex": reindex,
+    "rotate_keys": rotate_keys,
 }

@@ -1,9 +1,9 @@
-"""What the key vault keeps in the store: its tables, their row types, and the formats of what it writes.
+"""What the key vault keeps in the store: its tables, row types, token formats, and the errors it raises.
 
 A data key is stored only wrapped: nonce || AES-GCM(KEK, key), with its version as associated
 data. An encrypted column holds tokens gk1:<version>:<base64url(nonce || AES-GCM(data key, text))>,
-sealed with the row they belong to as associated data. The version stays readable, so SQL can
-count the rows that still use a version.
+sealed with the row they belong to as associated data (see SealedColumn). The version stays
+readable, so SQL can count the rows that still use a version.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import text as sql_text
 
-from grace.resources.schema import as_utc, metadata, utc_now
+from grace.resources.schema import as_utc, chunks, documents, metadata, staged_chunks, utc_now
 
 
 class KeyStatus:
@@ -52,6 +52,26 @@ class KeyEvent:
     VERSION_CREATED, ROTATED, REWRAP_PROGRESS = "version_created", "rotated", "rewrap_progress"
     DESTROYED, DESTROY_REFUSED = "destroyed", "destroy_refused"
     KEK_ROTATED, DECRYPT_FAILED = "kek_rotated", "decrypt_failed"
+
+
+class KeyVaultError(RuntimeError):
+    """A key operation could not be done safely; the message says why and what to do."""
+
+
+class WrongKek(KeyVaultError):
+    """The KEK given is not the one that wrapped the store's data keys."""
+
+
+class DestroyRefused(KeyVaultError):
+    """Destroying the version could make data unreadable."""
+
+
+class DecryptionError(KeyVaultError):
+    def __init__(self, version: int | None, reason: str):
+        self.version = version
+        self.reason = reason
+        under = f"key version {version}" if version is not None else "no key version"
+        super().__init__(f"cannot decrypt a value under {under}: {reason}")
 
 
 TOKEN_PREFIX = "gk1:"
@@ -168,13 +188,53 @@ def open_token(cipher: AESGCM, token: str, aad: str) -> str:
     return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad.encode()).decode()
 
 
-def row_binding(column: Column, key_values: Sequence[Any]) -> str:
-    """Associated data that ties a token to one column of one row, e.g. documents.text:["ab12"]."""
-    return f"{column_name(column)}:{json.dumps(list(key_values), separators=(',', ':'))}"
-
-
 def column_name(column: Column) -> str:
     return f"{column.table.name}.{column.name}"
+
+
+@dataclass(frozen=True)
+class SealedColumn:
+    """An encrypted column and the values its tokens are bound to, as associated data.
+
+    The associated data is "<label>:<JSON list of the bound values>". Columns that share a label
+    accept each other's tokens for the same bound values, so a staged chunk goes live unchanged.
+    """
+
+    column: Column
+    bound_to: tuple[Column, ...]
+    label: str
+
+    @classmethod
+    def by_row(cls, column: Column) -> SealedColumn:
+        """Bound to the row's primary key: a token opens in its own row only."""
+        return cls(column, tuple(column.table.primary_key.columns), column_name(column))
+
+    @property
+    def name(self) -> str:
+        return column_name(self.column)
+
+    def aad(self, bound_values: Sequence[Any]) -> str:
+        return f"{self.label}:{json.dumps(list(bound_values), separators=(',', ':'))}"
+
+
+def sealed(column: Column | SealedColumn) -> SealedColumn:
+    return column if isinstance(column, SealedColumn) else SealedColumn.by_row(column)
+
+
+def row_binding(column: Column, key_values: Sequence[Any]) -> str:
+    """Associated data that ties a token to one column of one row, e.g. documents.text:["ab12"]."""
+    return SealedColumn.by_row(column).aad(key_values)
+
+
+DOCUMENT_TEXT = SealedColumn.by_row(documents.c.text)
+# A chunk's text is bound to its document and its plaintext's hash, not to its row id or ordinal:
+# a live chunk keeps its row when its ordinal moves, and a staged chunk's token is published into
+# chunks as it is. Moved to another document or to a chunk of other text, a token does not open.
+CHUNK_TEXT = SealedColumn(chunks.c.text, (chunks.c.document_id, chunks.c.chunk_hash), "chunk.text")
+STAGED_CHUNK_TEXT = SealedColumn(
+    staged_chunks.c.text, (staged_chunks.c.document_id, staged_chunks.c.chunk_hash), CHUNK_TEXT.label
+)
+STORE_TEXT = (DOCUMENT_TEXT, CHUNK_TEXT, STAGED_CHUNK_TEXT)
 
 
 def under_version(column: Column, version: int | None = None):
@@ -212,23 +272,67 @@ def append_audit(connection: Connection, event: str, version: int | None, run_id
     connection.execute(insert(key_audit).values(**row))
 
 
-def rows_under(connection: Connection, columns: Sequence[Column], version: int) -> dict[str, int]:
+def rows_under(connection: Connection, columns: Sequence[SealedColumn], version: int) -> dict[str, int]:
     """Rows per column (columns with none left out) whose token names this version."""
     counts = {}
     for column in columns:
-        query = select(func.count()).select_from(column.table).where(under_version(column, version))
-        counts[column_name(column)] = connection.execute(query).scalar_one()
+        query = select(func.count()).select_from(column.column.table).where(under_version(column.column, version))
+        counts[column.name] = connection.execute(query).scalar_one()
     return {name: rows for name, rows in counts.items() if rows}
 
 
-def stale_values(
-    column: Column, target: int, include_plaintext: bool, after: Sequence[Any] | None, limit: int
-) -> Select:
-    """(primary key..., value) of the next rows after `after` whose value is not under version target."""
-    keys = list(column.table.primary_key.columns)
-    query = select(*keys, column).where(column.is_not(None), ~under_version(column, target))
-    if not include_plaintext:
-        query = query.where(under_version(column))
+def destroy_refusal(
+    connection: Connection,
+    version: int,
+    now: datetime,
+    min_decryption_versions: int,
+    columns: Sequence[SealedColumn],
+    retired_grace: timedelta,
+) -> str | None:
+    """Why the version may not be destroyed now, or None; locks its row until the transaction ends."""
+    found = version_row(connection, version, lock=True)
+    if found is None:
+        return "the store has no such version"
+    if found.status in (KeyStatus.PRIMARY, KeyStatus.DESTROYED):
+        return f"it is {found.status}"
+    newest = connection.execute(select(func.max(key_versions.c.version))).scalar_one()
+    lowest_kept = newest - min_decryption_versions + 1
+    if version >= lowest_kept:
+        return (
+            f"the newest {min_decryption_versions} versions (min_decryption_versions) stay decryptable; "
+            f"only versions below {lowest_kept} may be destroyed"
+        )
+    retired = retired_at(connection, version)
+    if now - retired < retired_grace:
+        return f"it was primary until {retired.isoformat()}; a writer may still use it for {retired_grace}"
+    in_use = rows_under(connection, columns, version)
+    if in_use:
+        rows = ", ".join(f"{rows} in {name}" for name, rows in in_use.items())
+        return f"rows still use it ({rows}); rewrap them first"
+    return None
+
+
+def holds_key_versions(connection: Connection) -> bool:
+    """Whether the store has made any key version, so text may be sealed under one."""
+    return connection.execute(select(key_versions.c.version).limit(1)).first() is not None
+
+
+def holds_plaintext(connection: Connection, column: SealedColumn) -> bool:
+    """Whether any value of the column is not a token (text stored before encryption)."""
+    query = select(column.column).where(column.column.is_not(None), ~under_version(column.column)).limit(1)
+    return connection.execute(query).first() is not None
+
+
+def stale_values(column: SealedColumn, target: int, which: str, after: Sequence[Any] | None, limit: int) -> Select:
+    """(primary key..., bound values..., value) of the next rows after `after` that need sealing
+    under version target: which is "tokens" (of other versions), "plaintext", or "both"."""
+    keys = list(column.column.table.primary_key.columns)
+    value = column.column
+    query = select(*keys, *column.bound_to, value).where(value.is_not(None), ~under_version(value, target))
+    if which == "tokens":
+        query = query.where(under_version(value))
+    elif which == "plaintext":
+        query = query.where(~under_version(value))
     if after is not None:
         query = query.where(tuple_(*keys) > tuple_(*after))
     return query.order_by(*keys).limit(limit)

@@ -8,6 +8,8 @@ decryptions each leave an entry in the append-only key_audit table, with the run
 from __future__ import annotations
 
 import binascii
+import copy
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -18,19 +20,26 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
-from sqlalchemy import Column, Connection, Engine, func, insert, select, update
+from sqlalchemy import Column, Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from grace.core.failpoints import failpoint
 from grace.core.secrets import KEY_BYTES, parse_secret_ref, resolve_secret
 from grace.resources.key_tables import (
+    STORE_TEXT,
     AuditEntry,
+    DecryptionError,
+    DestroyRefused,
     KeyEvent,
     KeyStatus,
+    KeyVaultError,
     KeyVersion,
+    SealedColumn,
+    WrongKek,
     append_audit,
     aware_utc,
-    column_name,
+    destroy_refusal,
+    holds_plaintext,
     is_ciphertext,
     kek_id,
     key_audit,
@@ -38,18 +47,17 @@ from grace.resources.key_tables import (
     locked,
     open_token,
     primary_row,
-    retired_at,
-    row_binding,
     rows_under,
     seal,
+    sealed,
     stale_values,
     token_version,
     unwrap_data_key,
     version_row,
     wrap_data_key,
 )
-from grace.resources.schema import as_utc, chunks, documents, staged_chunks, writer_of
-from grace.resources.store import shared_store
+from grace.resources.migrations import ensure_head
+from grace.resources.schema import as_utc, make_engine, writer_of
 
 # encrypt() asks the store for the primary version at most this often; rotate() in this process refreshes it.
 PRIMARY_TTL_SECONDS = 10.0
@@ -58,27 +66,7 @@ PRIMARY_TTL_SECONDS = 10.0
 RETIRED_GRACE = timedelta(seconds=2 * PRIMARY_TTL_SECONDS)
 REWRAP_BATCH = 500
 # The store's encrypted columns: a version is in use while any of them holds a token of it.
-ENCRYPTED_COLUMNS = (documents.c.text, chunks.c.text, staged_chunks.c.text)
-
-
-class KeyVaultError(RuntimeError):
-    """A key operation could not be done safely; the message says why and what to do."""
-
-
-class WrongKek(KeyVaultError):
-    """The KEK given is not the one that wrapped the store's data keys."""
-
-
-class DestroyRefused(KeyVaultError):
-    """Destroying the version could make data unreadable."""
-
-
-class DecryptionError(KeyVaultError):
-    def __init__(self, version: int | None, reason: str):
-        self.version = version
-        self.reason = reason
-        under = f"key version {version}" if version is not None else "no key version"
-        super().__init__(f"cannot decrypt a value under {under}: {reason}")
+ENCRYPTED_COLUMNS = STORE_TEXT
 
 
 class KeyVault:
@@ -90,7 +78,7 @@ class KeyVault:
         kek: bytes,
         rotate_every: timedelta,
         min_decryption_versions: int,
-        encrypted_columns: Sequence[Column] = ENCRYPTED_COLUMNS,
+        encrypted_columns: Sequence[Column | SealedColumn] = ENCRYPTED_COLUMNS,
         run_id: Callable[[], str | None] = lambda: None,
         kek_source: str = "the KEK given",
     ):
@@ -102,12 +90,19 @@ class KeyVault:
         self.writer = writer_of(engine)
         self.rotate_every = rotate_every
         self.min_decryption_versions = min_decryption_versions
-        self.encrypted_columns = tuple(encrypted_columns)
+        self.encrypted_columns = tuple(sealed(column) for column in encrypted_columns)
         self.run_id = run_id
         self._kek, self._kek_id, self.kek_source = AESGCM(kek), kek_id(kek), kek_source
         self._data_keys: dict[int, AESGCM] = {}
-        self._primary: tuple[int, float] | None = None  # (version, monotonic time it was read)
+        # (version, monotonic time it was read), shared with the for_run() copies like the data keys
+        self._primary: dict[str, tuple[int, float]] = {}
         self._check_kek()
+
+    def for_run(self, run_id: str | None) -> KeyVault:
+        """This vault, sharing its data key cache, auditing with run_id."""
+        scoped = copy.copy(self)
+        scoped.run_id = lambda: run_id
+        return scoped
 
     def ensure_primary(self) -> KeyVersion:
         """The primary version, creating version 1 on first use."""
@@ -147,7 +142,7 @@ class KeyVault:
         except IntegrityError:  # a concurrent first start or rotation made the version
             return None
         if created is not None:
-            self._primary = (created.version, time.monotonic())
+            self._primary["known"] = (created.version, time.monotonic())
         return created
 
     def _rotate(self, now: datetime, force: bool) -> KeyVersion | None:
@@ -173,26 +168,39 @@ class KeyVault:
         return created
 
     def rewrap(
-        self,
-        column: Column,
-        aad_of: Callable[[Sequence[Any]], str] | None = None,
-        batch_size: int = REWRAP_BATCH,
-        include_plaintext: bool = False,
+        self, column: Column | SealedColumn, batch_size: int = REWRAP_BATCH, include_plaintext: bool = False
     ) -> int:
         """Re-encrypt column's tokens under the primary version, one transaction per batch; rows changed.
 
         Rows already under the primary are skipped: a run killed between batches leaves every row
-        decryptable and a rerun finishes. aad_of(primary key values) defaults to row_binding;
+        decryptable and a rerun finishes. A plain Column is bound to its row (row_binding);
         include_plaintext also encrypts values that are no tokens yet (a store from before encryption).
         """
-        aad_of = aad_of or (lambda key_values: row_binding(column, key_values))
+        return self._reseal(sealed(column), batch_size, "both" if include_plaintext else "tokens")
+
+    def rewrap_all(self, batch_size: int = REWRAP_BATCH) -> dict[str, int]:
+        """Rewrap every encrypted column, plaintext included; rows changed by column name."""
+        return {
+            column.name: self.rewrap(column, batch_size, include_plaintext=True) for column in self.encrypted_columns
+        }
+
+    def seal_plaintext(self, batch_size: int = REWRAP_BATCH) -> dict[str, int]:
+        """Encrypt the values that are no tokens yet (text from before encryption), resumably; rows by column.
+
+        Cheap when there are none: one probe per column. Tokens of older versions are left to rewrap.
+        """
+        with self.engine.connect() as connection:
+            stale = [column for column in self.encrypted_columns if holds_plaintext(connection, column)]
+        return {column.name: self._reseal(column, batch_size, "plaintext") for column in stale}
+
+    def _reseal(self, column: SealedColumn, batch_size: int, which: str) -> int:
         self.ensure_primary()
         total, after = 0, None
         while True:
             try:
-                changed, after = self._rewrap_batch(column, aad_of, batch_size, include_plaintext, after)
+                changed, after = self._rewrap_batch(column, batch_size, which, after)
             except DecryptionError as error:
-                detail = {"column": column_name(column), "reason": error.reason}
+                detail = {"column": column.name, "reason": error.reason}
                 self._audit_alone(KeyEvent.DECRYPT_FAILED, error.version, detail)
                 raise
             if after is None:
@@ -212,7 +220,8 @@ class KeyVault:
         """Erase a version's key; DestroyRefused while it is primary, recent, or used by any row."""
         now = aware_utc(now)
         with self.writer.begin() as connection:
-            refusal = self._destroy_refusal(connection, version, now)
+            columns, kept = self.encrypted_columns, self.min_decryption_versions
+            refusal = destroy_refusal(connection, version, now, kept, columns, RETIRED_GRACE)
             if refusal is None:
                 connection.execute(
                     update(key_versions)
@@ -261,9 +270,10 @@ class KeyVault:
             )
 
     def _primary_version(self) -> int:
-        if self._primary is None or time.monotonic() - self._primary[1] >= PRIMARY_TTL_SECONDS:
-            self._primary = (self.ensure_primary().version, time.monotonic())
-        return self._primary[0]
+        known = self._primary.get("known")
+        if known is None or time.monotonic() - known[1] >= PRIMARY_TTL_SECONDS:
+            known = self._primary["known"] = (self.ensure_primary().version, time.monotonic())
+        return known[0]
 
     def _create_version(self, connection: Connection, version: int, now: datetime) -> KeyVersion:
         data_key = AESGCM.generate_key(bit_length=256)
@@ -310,59 +320,34 @@ class KeyVault:
             ) from None
 
     def _rewrap_batch(
-        self,
-        column: Column,
-        aad_of: Callable[[Sequence[Any]], str],
-        batch_size: int,
-        include_plaintext: bool,
-        after: Sequence[Any] | None,
+        self, column: SealedColumn, batch_size: int, which: str, after: Sequence[Any] | None
     ) -> tuple[int, Sequence[Any] | None]:
         """(rows changed, last key seen) of one batch; last key None when nothing was left."""
-        keys = list(column.table.primary_key.columns)
+        table, value_column = column.column.table, column.column
+        keys = list(table.primary_key.columns)
         with self.writer.begin() as connection:
             target = primary_row(connection).version
-            query = stale_values(column, target, include_plaintext, after, batch_size)
+            query = stale_values(column, target, which, after, batch_size)
             rows = connection.execute(locked(connection, query)).all()
             if not rows:
                 return 0, None
-            changed = 0
+            resealed = []
             for row in rows:
-                key_values, value = tuple(row[:-1]), row[-1]
-                if not is_ciphertext(value) and not include_plaintext:
+                key_values, bound_values, value = tuple(row[: len(keys)]), tuple(row[len(keys) : -1]), row[-1]
+                if not is_ciphertext(value) and which == "tokens":
                     continue  # SQL matched the prefix, but the value is no token: not ours to touch
-                aad = aad_of(key_values)
+                aad = column.aad(bound_values)
                 plaintext = self._open(value, aad) if is_ciphertext(value) else value
-                matches = [key == key_value for key, key_value in zip(keys, key_values)]
-                # Compare-and-set: a row rewritten meanwhile keeps its new value.
-                changed += connection.execute(
-                    update(column.table)
-                    .where(*matches, column == value)
-                    .values({column.name: seal(self._cipher(target), target, plaintext, aad)})
-                ).rowcount
-            self._audit(connection, KeyEvent.REWRAP_PROGRESS, target, {"column": column_name(column), "rows": changed})
-        return changed, tuple(rows[-1][:-1])
-
-    def _destroy_refusal(self, connection: Connection, version: int, now: datetime) -> str | None:
-        found = version_row(connection, version, lock=True)
-        if found is None:
-            return "the store has no such version"
-        if found.status in (KeyStatus.PRIMARY, KeyStatus.DESTROYED):
-            return f"it is {found.status}"
-        newest = connection.execute(select(func.max(key_versions.c.version))).scalar_one()
-        lowest_kept = newest - self.min_decryption_versions + 1
-        if version >= lowest_kept:
-            return (
-                f"the newest {self.min_decryption_versions} versions (min_decryption_versions) stay decryptable; "
-                f"only versions below {lowest_kept} may be destroyed"
-            )
-        retired = retired_at(connection, version)
-        if now - retired < RETIRED_GRACE:
-            return f"it was primary until {retired.isoformat()}; a writer may still use it for {RETIRED_GRACE}"
-        in_use = rows_under(connection, self.encrypted_columns, version)
-        if in_use:
-            rows = ", ".join(f"{rows} in {name}" for name, rows in in_use.items())
-            return f"rows still use it ({rows}); rewrap them first"
-        return None
+                token = seal(self._cipher(target), target, plaintext, aad)
+                resealed.append({**{f"key_{i}": v for i, v in enumerate(key_values)}, "was": value, "token": token})
+            if resealed:
+                # Compare-and-set, though the rows are locked (FOR UPDATE, or SQLite's write lock) until commit.
+                matches = [key == bindparam(f"key_{i}") for i, key in enumerate(keys)]
+                statement = update(table).where(*matches, value_column == bindparam("was"))
+                connection.execute(statement.values({value_column.name: bindparam("token")}), resealed)
+            changed = len(resealed)
+            self._audit(connection, KeyEvent.REWRAP_PROGRESS, target, {"column": column.name, "rows": changed})
+        return changed, tuple(rows[-1][: len(keys)])
 
     def _audit(self, connection: Connection, event: str, version: int | None, detail: dict[str, Any]) -> None:
         append_audit(connection, event, version, self.run_id(), detail)
@@ -386,14 +371,28 @@ class KeyVaultResource(ConfigurableResource):
         self._run_id = context.run.run_id if context.run is not None else None
 
     def get(self) -> KeyVault:
-        """One vault (and data key cache) per resource instance; audit entries carry the run id."""
+        """The process's vault for this store and KEK; audit entries carry the run id."""
         if self._vault is None:
-            self._vault = KeyVault(
-                shared_store(self.url).engine,
-                resolve_secret(self.kek),
-                timedelta(seconds=self.rotate_every_seconds),
-                self.min_decryption_versions,
-                run_id=lambda: self._run_id,
-                kek_source=parse_secret_ref(self.kek).describe(),
-            )
+            vault = shared_vault(self.url, self.kek, self.rotate_every_seconds, self.min_decryption_versions)
+            self._vault = vault.for_run(self._run_id)
         return self._vault
+
+
+@functools.cache
+def shared_vault(url: str, kek: str, rotate_every_seconds: int, min_decryption_versions: int) -> KeyVault:
+    """One vault (engine and data key cache) per process and setting; a missing or wrong KEK raises, uncached."""
+    return KeyVault(
+        vault_engine(url),
+        resolve_secret(kek),
+        timedelta(seconds=rotate_every_seconds),
+        min_decryption_versions,
+        kek_source=parse_secret_ref(kek).describe(),
+    )
+
+
+@functools.cache
+def vault_engine(url: str) -> Engine:
+    """The vault's own pool on the store, at the schema's head."""
+    engine = make_engine(url)
+    ensure_head(engine, url)
+    return engine

@@ -1,4 +1,8 @@
-"""The Grace store: documents, chunks and embeddings in SQLite or PostgreSQL, one SQLAlchemy code path."""
+"""The Grace store: documents, chunks and embeddings in SQLite or PostgreSQL, one SQLAlchemy code path.
+
+Document and chunk text is stored only encrypted, sealed by the store's key vault (see
+key_vault.py); everything else is stored as it is.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
 import numpy as np
-from dagster import ConfigurableResource
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, union_all, update
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from grace.resources import key_tables  # noqa: F401 - the key tables belong to the store's schema
+from grace.core.secrets import SecretError
+from grace.resources.key_tables import DOCUMENT_TEXT, holds_key_versions
+from grace.resources.key_vault import REWRAP_BATCH, KeyVault, shared_vault
 from grace.resources.ledger import Ledger
 from grace.resources.migrations import ensure_head
 from grace.resources.schema import (
-    ChunkHit,
     DocumentRow,
     NewChunk,
     batches,
@@ -25,27 +31,32 @@ from grace.resources.schema import (
     documents,
     embeddings,
     has_embedding,
-    lacks_embedding,
     make_engine,
-    needs_chunking,
     needs_processing,
     purge_document,
     staged_chunks,
     utc_now,
     writer_of,
 )
+from grace.resources.store_text import SealedText, seal_plaintext_once
 from grace.resources.taskbook import TaskBook
 
 
-class Store(Ledger):
-    """All of Grace's durable state behind one SQLAlchemy engine."""
+class Store(SealedText, Ledger):
+    """All of Grace's durable state behind one SQLAlchemy engine.
 
-    def __init__(self, url: str):
+    Text is sealed and opened by vault, with each row's binding as associated data. A store
+    without a vault does everything else (scans, leases, tasks, stats, vectors) but refuses to
+    write or read text, so the product never stores plaintext.
+    """
+
+    def __init__(self, url: str, vault: KeyVault | None = None):
         self.url = url
         self.engine = make_engine(url)
         self.writer = writer_of(self.engine)
         ensure_head(self.engine, url)
         self.tasks = TaskBook(self.engine)
+        self.vault = vault
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -57,8 +68,9 @@ class Store(Ledger):
             return [DocumentRow(*row) for row in connection.execute(query)]
 
     def set_document_text(self, document_id: str, read_hash: str, text: str) -> None:
+        token = self._keys().encrypt(text, DOCUMENT_TEXT.aad((document_id,)))
         with self.writer.begin() as connection:
-            _set_processed(connection, document_id, read_hash, status="active", reason=None, text=text)
+            _set_processed(connection, document_id, read_hash, status="active", reason=None, text=token)
 
     def quarantine_document(self, document_id: str, read_hash: str, reason: str) -> None:
         with self.writer.begin() as connection:
@@ -75,16 +87,6 @@ class Store(Ledger):
 
     # --- chunks -------------------------------------------------------------------------
 
-    def documents_to_chunk(self, shard: int, shards: int, settings_key: str) -> list[tuple[str, str, str]]:
-        """(document id, text hash, text) of active documents whose chunks are out of date, by id."""
-        query = (
-            select(documents.c.id, documents.c.processed_hash, documents.c.text)
-            .where(documents.c.shard_key % shards == shard, needs_chunking(settings_key))
-            .order_by(documents.c.id)
-        )
-        with self.engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(query)]
-
     def replace_chunks(
         self, document_id: str, text_hash: str, new_chunks: Sequence[NewChunk], settings_key: str
     ) -> int:
@@ -92,6 +94,7 @@ class Store(Ledger):
 
         Returns how many chunk rows were inserted (0 if the document is gone).
         """
+        new_chunks = self._sealed_chunks(document_id, new_chunks)
         with self.writer.begin() as connection:
             if _lock_document(connection, document_id) is None:
                 return 0
@@ -107,14 +110,16 @@ class Store(Ledger):
 
         Returns whether the new chunks are live now.
         """
+        new_chunks = self._sealed_chunks(document_id, new_chunks)
         with self.writer.begin() as connection:
             if _lock_document(connection, document_id) is None:
                 return False
             connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
             # Staging only protects live chunks; without any, it would cost a publish per document.
-            nothing_live = connection.execute(
-                select(chunks.c.id).where(chunks.c.document_id == document_id).limit(1)
-            ).first() is None
+            nothing_live = (
+                connection.execute(select(chunks.c.id).where(chunks.c.document_id == document_id).limit(1)).first()
+                is None
+            )
             if nothing_live or _all_embedded(connection, model_id, {chunk.chunk_hash for chunk in new_chunks}):
                 _replace_chunks(connection, document_id, text_hash, new_chunks, settings_key)
                 return True
@@ -172,34 +177,13 @@ class Store(Ledger):
                 return False
             if not _all_embedded(connection, model_id, {row.chunk_hash for row in staged}):
                 return False
+            # Staged and live chunks share their binding: the sealed text goes live as it is.
             new_chunks = [NewChunk(row.ordinal, row.chunk_hash, row.text, row.token_count) for row in staged]
             _replace_chunks(connection, document_id, staged[0].text_hash, new_chunks, staged[0].settings)
             connection.execute(delete(staged_chunks).where(of_document))
         return True
 
     # --- embeddings ---------------------------------------------------------------------
-
-    def chunks_to_embed(self, shard: int, shards: int, model_id: str) -> list[tuple[str, str]]:
-        """(chunk hash, text) of a shard's live and staged chunks that have no embedding yet, unique by hash."""
-        in_shard = documents.c.shard_key % shards == shard
-        live = (
-            select(chunks.c.chunk_hash, chunks.c.text)
-            .join(documents, documents.c.id == chunks.c.document_id)
-            .where(in_shard, lacks_embedding(model_id))
-        )
-        staged = (
-            select(staged_chunks.c.chunk_hash, staged_chunks.c.text)
-            .join(documents, documents.c.id == staged_chunks.c.document_id)
-            .where(in_shard, documents.c.status == "active", ~has_embedding(model_id, staged_chunks.c.chunk_hash))
-        )
-        both = union_all(live, staged).subquery()
-        query = (
-            select(both.c.chunk_hash, func.min(both.c.text))
-            .group_by(both.c.chunk_hash)
-            .order_by(both.c.chunk_hash)
-        )
-        with self.engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(query)]
 
     def save_embeddings(self, model_id: str, chunk_hashes: Sequence[str], vectors: np.ndarray) -> None:
         """Store vectors; a hash stored meanwhile by another run is left as it is."""
@@ -257,25 +241,6 @@ class Store(Ledger):
             return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
         order = np.argsort(found_ids, kind="stable")
         return np.asarray(found_ids, dtype=np.int64)[order], np.vstack(found_vectors)[order]
-
-    def chunk_hits(self, chunk_ids: Sequence[int]) -> dict[int, ChunkHit]:
-        """Path and text for chunks, by id; ids of removed chunks are simply absent."""
-        if not chunk_ids:
-            return {}
-        query = (
-            select(
-                chunks.c.id,
-                chunks.c.document_id,
-                documents.c.source,
-                documents.c.path,
-                chunks.c.ordinal,
-                chunks.c.text,
-            )
-            .join(documents, documents.c.id == chunks.c.document_id)
-            .where(chunks.c.id.in_([int(chunk_id) for chunk_id in chunk_ids]), documents.c.status == "active")
-        )
-        with self.engine.connect() as connection:
-            return {row.id: ChunkHit(*row) for row in connection.execute(query)}
 
     # --- stats --------------------------------------------------------------------------
 
@@ -380,14 +345,46 @@ def _set_processed(connection, document_id: str, read_hash: str, **values: objec
 
 @functools.cache
 def shared_store(url: str) -> Store:
-    """One Store (and connection pool) per process and URL."""
+    """One Store (and connection pool) per process and URL; without a vault, it refuses text."""
     return Store(url)
 
 
 class StoreResource(ConfigurableResource):
-    """Dagster face of Store."""
+    """Dagster face of Store: with kek set (build_resources sets it), text is sealed by the key vault.
+
+    get() resolves the KEK. Once the store holds key versions, a missing or wrong KEK raises there,
+    naming where it was looked for; a store with none yet opens without it (scans, stats and empty
+    searches need none) and the same error comes from the first text it seals. The first get() in
+    a process also encrypts any text stored before encryption (release 0.3), in resumable batches.
+    Without kek, the store does everything but text (sensors, leases, tasks).
+    """
 
     url: str
+    kek: str | None = Field(default=None, description="where the KEK lives: env:NAME or file:PATH (mode 0600)")
+    rotate_every_seconds: int = Field(default=30 * 86400, gt=0)
+    min_decryption_versions: int = Field(default=2, ge=1)
+    rewrap_batch: int = Field(default=REWRAP_BATCH, ge=1)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._run_id = context.run.run_id if context.run is not None else None
 
     def get(self) -> Store:
-        return shared_store(self.url)
+        store = shared_store(self.url)
+        if self.kek is None:
+            return store
+        try:
+            vault = shared_vault(self.url, self.kek, self.rotate_every_seconds, self.min_decryption_versions)
+        except SecretError as missing:
+            with store.engine.connect() as connection:
+                if holds_key_versions(connection):
+                    raise
+            return store.lacking_keys(str(missing))
+        seal_plaintext_once(vault, self.rewrap_batch)
+        return _store_for_run(store, vault, self._run_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _store_for_run(store: Store, vault: KeyVault, run_id: str | None) -> Store:
+    """One sealing store per run (its audit entries name the run), sharing the engine and data keys."""
+    return store.with_vault(vault.for_run(run_id))

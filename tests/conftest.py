@@ -7,6 +7,7 @@ so `make test` works on a machine that has no PostgreSQL installed.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -127,3 +128,14 @@ def _stop_watchers():
     from grace.sensors.watcher import stop_watchers
 
     stop_watchers()
+
+
+TEST_KEK_VARIABLE = "GRACE_TEST_KEYS_KEK"  # the environment variable of a test manifest's keys.kek: env:...
+
+
+@pytest.fixture
+def kek(monkeypatch) -> str:
+    """A fresh random KEK in $GRACE_TEST_KEYS_KEK, base64 as a key file or variable holds it."""
+    encoded = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv(TEST_KEK_VARIABLE, encoded)
+    return encoded

@@ -3,16 +3,20 @@ sensor evaluation and `materialize`, and the same Searcher the CLI uses."""
 
 from __future__ import annotations
 
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
 
-from grace.core.manifest import load_manifest
+from grace.core.manifest import Manifest, load_manifest
+from grace.core.secrets import create_key_file, parse_secret_ref
 from grace.definitions import build_definitions
+from grace.resources.key_vault import KeyVault
 from grace.resources.search import Searcher, index_stats
-from grace.resources.store import Store
+from grace.resources.store import Store, StoreResource, shared_store
 from grace.resources.vector_index import ShardedIndex
 
 
@@ -39,13 +43,57 @@ INGEST = AssetSelection.assets("documents", "chunks", "embeddings")
 REBUILD = AssetSelection.assets("vector_index") | AssetSelection.checks_for_assets("vector_index")
 
 
+def ensure_key_file(manifest: Manifest) -> None:
+    """Create the manifest's KEK file if it is a file that does not exist yet, as `grace dev` does."""
+    reference = parse_secret_ref(manifest.keys.kek)
+    if reference.kind == "file" and not reference.path.exists():
+        create_key_file(reference.path)
+
+
+def encrypting_store(url: str, kek: bytes | None = None) -> Store:
+    """A Store that seals text under kek (default: a fresh random test KEK), as StoreResource does."""
+    store = Store(url)
+    vault = KeyVault(store.engine, kek or os.urandom(32), timedelta(days=30), 2, kek_source="the test KEK")
+    return store.with_vault(vault)
+
+
+class PlainText:
+    """Stands in for the key vault and stores text as it is: only to measure what encryption costs."""
+
+    def encrypt(self, plaintext: str, aad: str) -> str:
+        return plaintext
+
+    def decrypt(self, value: str, aad: str) -> str:
+        return value
+
+
+class PlaintextStoreResource(StoreResource):
+    """The store without encryption; no product path builds it."""
+
+    def get(self) -> Store:
+        return shared_store(self.url).with_vault(PlainText())
+
+
 class Deployment:
-    def __init__(self, root: Path, store_url: str | None, embedder_resource, shards: int = 2, **manifest_options):
+    """encrypted=False swaps in PlaintextStoreResource, for benchmarks of what encryption costs."""
+
+    def __init__(
+        self,
+        root: Path,
+        store_url: str | None,
+        embedder_resource,
+        shards: int = 2,
+        encrypted: bool = True,
+        **manifest_options,
+    ):
         self.root = root
         (root / "grace.yaml").write_text(manifest_text(store_url, shards, **manifest_options))
         self.manifest = load_manifest(root / "grace.yaml")
+        ensure_key_file(self.manifest)
         self.defs = build_definitions(self.manifest)
         self.resources = {**self.defs.resources, "embedder": embedder_resource}
+        if not encrypted:
+            self.resources["store"] = PlaintextStoreResource(url=self.manifest.store_url)
         self.embedder = embedder_resource.get()
         self.instance = DagsterInstance.ephemeral()
         self.cursors: dict[str, str | None] = {}

@@ -24,6 +24,7 @@ from grace.resources.store import Store
 from grace.resources.taskbook import QUEUED, RECEIVED, STARTED, SUCCEEDED, TaskBook
 from grace.sensors.folder import build_folder_sensor
 from grace.sensors.task_status import build_task_status_sensor
+from tests.harness import ensure_key_file
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAYLOAD_CAP = 400
@@ -311,6 +312,7 @@ def ingest_folder(manifest, instance: DagsterInstance) -> None:
 def test_a_submitted_search_task_runs_on_the_real_model_and_shows_its_hits(config, book, capsys, tmp_path):
     manifest = load_manifest(config)
     assert isinstance(build_resources(manifest)["embedder"], EmbedderResource)
+    ensure_key_file(manifest)  # as `grace dev` does on first start: ingest seals text under it
     folder = manifest.sources[0].path
     folder.mkdir(parents=True)
     (folder / "whales.txt").write_text("Blue whales are the largest animals ever known to have lived.")

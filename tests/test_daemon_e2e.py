@@ -13,9 +13,9 @@ import yaml
 from dagster import DagsterInstance
 
 from grace.core.manifest import load_manifest
+from grace.resources import build_resources
 from grace.resources.chunking import chunker_for
 from grace.resources.embedder import Embedder
-from grace.resources.store import Store
 from tests.devserver import DevServer, free_port, group_alive
 
 DOCUMENTS = {
@@ -74,7 +74,8 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         assert (location["name"], location["loadStatus"]) == ("grace", "LOADED")
         [repository] = location["locationOrLoadError"]["repositories"]
         assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
-        assert assets == {"sources/documents", "documents", "chunks", "embeddings", "vector_index", "routing_stats"}
+        pipeline = {"sources/documents", "documents", "chunks", "embeddings", "vector_index"}
+        assert assets == pipeline | {"routing_stats", "key_versions", "key_status"}
         sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
         expected = ["watch_documents", "index_freshness", "run_health", "route_tasks", "task_status"]
         assert sensors == dict.fromkeys(expected, "RUNNING")
@@ -106,7 +107,7 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         (inbox / "notes" / "chess.md").rename(inbox / "chess-final.md")
         (inbox / "recipe.txt").write_text("Roast the peppers and blend them into a smoky soup.")
 
-        store = Store(store_url)
+        store = build_resources(load_manifest(manifest))["store"].get()  # with the KEK grace dev created
         model = Embedder()
         settings = chunker_for(load_manifest(manifest), model.tokenizer_file).settings_key
 

@@ -22,6 +22,7 @@ LAYERS = {
     "grace.instance": 3,
     "grace.cli": 3,
     "grace.cli_tasks": 3,
+    "grace.cli_keys": 3,
     "grace.api": 3,
 }
 SHELL = 3  # the code location, the CLI and the Python API may use one another

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, func, insert, make_url, select, text
 
 import grace.resources.migrations as migrations
 from grace.cli import main
+from grace.resources.key_tables import token_version
 from grace.resources.migrations import HEAD, INITIAL, VERSION_TABLE, StoreTooNew, current_revision
 from grace.resources.schema import NewChunk, changes, chunks, documents, embeddings, metadata
 from grace.resources.store import Store
@@ -114,6 +115,10 @@ def test_a_release_0_1_0_store_upgrades_and_every_active_document_is_still_found
     sample = json.loads((DATA / "store_v0_1_0_rows.json").read_text())
     active = [row for row in sample["documents"] if row["status"] == "active"]
     deployment = Deployment(tmp_path, old_store_url, HashingEmbedderResource(dimension=64))
+    with deployment.store.engine.connect() as connection:  # its plaintext was sealed when the store opened
+        stored = connection.execute(select(documents.c.text).where(documents.c.text.is_not(None))).scalars().all()
+        stored += connection.execute(select(chunks.c.text)).scalars().all()
+    assert len(stored) > len(active) and all(token_version(value) == 1 for value in stored)
     for shard in range(2):
         assert deployment.rebuild(shard).success
     assert deployment.stats()["total"]["index_coverage"] == 1.0

@@ -24,6 +24,7 @@ from grace.sensors import router
 from grace.sensors.router import RunQueueDrift, build_router_sensor
 from grace.sensors.scan import reconcile
 from grace.sensors.task_status import follow_runs
+from tests.harness import ensure_key_file
 
 SEED_INTENT = {"intent_id": "test_intent", "goal": "Test goal", "domain": "test", "sla_ms": 30000, "priority": "normal"}
 
@@ -166,6 +167,7 @@ def test_a_tick_routes_at_most_a_batch_oldest_first(deployment, store_url, monke
 
 def test_a_routed_intent_runs_its_handler_on_the_real_model_and_ends_succeeded(deployment, store_url):
     manifest, store, defs = deployment
+    ensure_key_file(manifest)  # as `grace dev` does on first start: ingest seals text under it
     docs = manifest.sources[0]
     docs.path.mkdir(parents=True)
     (docs.path / "cats.md").write_text("Cats purr and sleep most of the day in warm sunny spots.")

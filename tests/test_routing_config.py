@@ -20,7 +20,12 @@ def test_routing_defaults_resolve_next_to_the_manifest(write_manifest, tmp_path)
     routing = load_manifest(write_manifest(SOURCE)).routing
     assert routing.inbox == tmp_path / "tasks" and routing.handlers == tmp_path / "handlers"
     assert routing.capacity == 50 and routing.origins == {"intent": 12, "ingest": 8}
-    assert routing.routes == {"ingest": "ingest", "search": "search", "reindex": "reindex"}
+    assert routing.routes == {
+        "ingest": "ingest",
+        "search": "search",
+        "reindex": "reindex",
+        "rotate_keys": "rotate_keys",
+    }
     assert routing.quota_of("intent") == 12 and routing.quota_of("somebody") == routing.default_quota
 
 

@@ -1,7 +1,7 @@
 """Task handlers by name: the @handler decorator, the built-ins' payloads, and the project's allowlisted folder.
 
 grace.yaml's routes name handlers; it never names a module. A handler is either built in
-(ingest, search, reindex) or a function marked @handler in a module of the folder that
+(ingest, search, reindex, rotate_keys) or a function marked @handler in a module of the folder that
 routing.handlers names (`handlers/` beside grace.yaml), and nothing else can be routed to.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-BUILTIN_HANDLERS = ("ingest", "search", "reindex")
+BUILTIN_HANDLERS = ("ingest", "search", "reindex", "rotate_keys")
 HANDLER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 
@@ -222,8 +222,19 @@ class ReindexPayload(BaseModel):
         return sorted(set(value))
 
 
+class RotateKeysPayload(BaseModel):
+    """Rotate the data key now, or only if it is due; either way every encrypted row is rewrapped to the primary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    force: bool = Field(
+        default=False, strict=True, description="make a new primary version even if the current one is not due"
+    )
+
+
 BUILTIN_PAYLOADS: dict[str, type[BaseModel]] = {
     "ingest": IngestPayload,
     "search": SearchPayload,
     "reindex": ReindexPayload,
+    "rotate_keys": RotateKeysPayload,
 }
