@@ -1,16 +1,19 @@
-"""Pipeline throughput vs raw model.encode on the same chunks, same process, same run.
+"""Pipeline throughput vs raw model.encode on the same chunks, same process, same run, for each backend.
 
-    .venv/bin/python bench/ingest.py [--documents 60] [--words 1200] [--repeats 3]
+    .venv/bin/python bench/ingest.py [--documents 60] [--words 1200] [--repeats 3] [--json]
 
 Each repeat starts from an empty state directory: a sensor tick plus one `materialize`
 of documents -> chunks -> embeddings per shard (real Dagster, real model, SQLite), then
-`model.encode` on exactly the chunk texts the pipeline embedded. The model is loaded
-once, before timing; its cold load is reported on its own.
+`model.encode` on exactly the chunk texts the pipeline embedded. Each backend's model is
+loaded once, before timing; its cold load is reported on its own. With --json, one object on
+the last line: backends maps torch and onnx-int8 to {raw_cps, pipeline_cps, ratio} (chunks/s,
+medians), and onnx_speedup is onnx-int8 raw / torch raw.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -20,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import documents  # noqa: E402
-from grace.resources.embedder import EmbedderResource  # noqa: E402
+from grace.resources.bindings import EmbedderResource  # noqa: E402
+from grace.resources.onnx_model import model_cache_root  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 
 
@@ -48,32 +52,47 @@ def _embedded_texts(store, shard: int, model_id: str):
     return [(None, text) for text in sorted(unique)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--documents", type=int, default=60)
-    parser.add_argument("--words", type=int, default=1200)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    corpus = documents(args.documents, args.words)
-    embedder = EmbedderResource()
+def measure(backend: str, corpus: dict[str, str], repeats: int) -> dict:
+    embedder = EmbedderResource(backend=backend, cache_root=str(model_cache_root(Path(".grace").resolve())))
     started = time.perf_counter()
     embedder.get().encode(["warm up"])
-    print(f"model cold load + first encode: {time.perf_counter() - started:.2f} s")
+    print(f"{backend}: model cold load + first encode: {time.perf_counter() - started:.2f} s")
     ratios, pipeline_rates, raw_rates = [], [], []
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         chunks, pipeline_seconds, raw_seconds = one_repeat(corpus, embedder)
         pipeline_rates.append(chunks / pipeline_seconds)
         raw_rates.append(chunks / raw_seconds)
         ratios.append(pipeline_rates[-1] / raw_rates[-1])
         print(
-            f"repeat {repeat + 1}: {chunks} chunks; pipeline {pipeline_rates[-1]:.2f} chunks/s "
+            f"{backend} repeat {repeat + 1}: {chunks} chunks; pipeline {pipeline_rates[-1]:.2f} chunks/s "
             f"({pipeline_seconds:.1f} s); raw encode {raw_rates[-1]:.2f} chunks/s ({raw_seconds:.1f} s); "
             f"ratio {ratios[-1]:.3f}"
         )
+    figures = {
+        "raw_cps": round(statistics.median(raw_rates), 2),
+        "pipeline_cps": round(statistics.median(pipeline_rates), 2),
+        "ratio": round(statistics.median(ratios), 3),
+    }
     print(
-        f"median: pipeline {statistics.median(pipeline_rates):.2f} chunks/s, raw {statistics.median(raw_rates):.2f} "
-        f"chunks/s, ratio {statistics.median(ratios):.3f} (goal >= 0.9)"
+        f"{backend} median: pipeline {figures['pipeline_cps']} chunks/s, raw {figures['raw_cps']} chunks/s, "
+        f"ratio {figures['ratio']} (goal >= 0.9)"
     )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--documents", type=int, default=60)
+    parser.add_argument("--words", type=int, default=1200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object, last")
+    args = parser.parse_args()
+    corpus = documents(args.documents, args.words)
+    backends = {backend: measure(backend, corpus, args.repeats) for backend in ("torch", "onnx-int8")}
+    speedup = round(backends["onnx-int8"]["raw_cps"] / backends["torch"]["raw_cps"], 2)
+    print(f"onnx_speedup (onnx-int8 raw / torch raw): {speedup} (goal >= 1.8)")
+    if args.json:
+        print(json.dumps({"backends": backends, "onnx_speedup": speedup, "documents": args.documents}))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from sqlalchemy import func, insert, select  # noqa: E402
 
 from bench.corpus import documents as corpus_of  # noqa: E402
 from grace.core.keys_config import KeysConfig  # noqa: E402
-from grace.resources.embedder import EmbedderResource  # noqa: E402
+from grace.resources.bindings import EmbedderResource  # noqa: E402
 from grace.resources.key_tables import CHUNK_TEXT, DOCUMENT_TEXT  # noqa: E402
 from grace.resources.key_vault import KeyVault  # noqa: E402
 from grace.resources.schema import chunks, documents, utc_now  # noqa: E402

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import documents  # noqa: E402
+from grace.resources.bindings import EmbedderResource  # noqa: E402
 from grace.resources.chunking import Chunker  # noqa: E402
-from grace.resources.embedder import EmbedderResource  # noqa: E402
 from grace.sensors.watcher import stop_watchers  # noqa: E402
 from tests.fakes import HashingEmbedderResource  # noqa: E402
 from tests.harness import Deployment  # noqa: E402

@@ -18,8 +18,8 @@ from typing import Any
 
 from grace.core.manifest import Manifest, load_manifest
 from grace.core.tasks import parse_task, parse_task_json
-from grace.resources import build_resources
 from grace.resources.search import Searcher, SearchHit, index_stats
+from grace.resources.services import open_searcher
 from grace.resources.store import Store
 
 
@@ -29,8 +29,7 @@ class NoInstance(Exception):
 
 def searcher(config: str | Path | None = None) -> Searcher:
     """A Searcher over the services a manifest wires ($GRACE_CONFIG or ./grace.yaml by default)."""
-    resources = build_resources(load_manifest(config))
-    return Searcher(resources["store"].get(), resources["vector_index"].get(), resources["embedder"].get())
+    return open_searcher(load_manifest(config))
 
 
 def search(query: str, k: int = 5, config: str | Path | None = None) -> list[SearchHit]:

@@ -12,8 +12,10 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from grace.cli_keys import add_key_commands, ensure_key_file
+from grace.cli_model import add_model_commands, ensure_model
 from grace.cli_tasks import add_task_commands, positive_int, print_drift
 from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from grace.core.names import WEBSERVER_ENV
 from grace.core.secrets import SecretError, parse_secret_ref
 
 DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_task_commands(commands, _config_option)
     add_key_commands(commands, _config_option)
+    add_model_commands(commands, _config_option)
     return parser
 
 
@@ -136,6 +139,7 @@ def _dev(args: argparse.Namespace) -> int:
     if created:
         print(created, flush=True)
     check_kek(manifest)  # a missing or wrong KEK stops the start here, not in every run
+    ensure_model(manifest)  # built once here, not by the first runs at once
     for folder in [*(source.path for source in manifest.sources), manifest.routing.inbox]:
         folder.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or manifest.dagster_home).resolve()
@@ -151,8 +155,14 @@ def _dev(args: argparse.Namespace) -> int:
             "the versions installed together (`make dev` installs them).",
         )
         return 2
-    environment = {**os.environ, **OFFLINE_ENVIRONMENT, "DAGSTER_HOME": str(home), "GRACE_CONFIG": str(manifest_path)}
     port = args.port or manifest.daemon.port
+    environment = {
+        **os.environ,
+        **OFFLINE_ENVIRONMENT,
+        "DAGSTER_HOME": str(home),
+        "GRACE_CONFIG": str(manifest_path),
+        WEBSERVER_ENV: f"{manifest.daemon.host}:{port}",
+    }
     dagster = str(Path(sys.executable).with_name("dagster"))
     command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-w", str(workspace)]
     watched = ", ".join(str(source.path) for source in manifest.sources) or "no folders (add sources to grace.yaml)"

@@ -6,7 +6,7 @@ from dagster import Definitions, definitions
 from grace.core.manifest import Manifest, load_manifest
 from grace.core.names import TASK_JOB_PREFIX
 from grace.pipelines import build_pipelines
-from grace.resources import build_resources
+from grace.resources.bindings import build_resources
 from grace.sensors import build_sensors
 
 

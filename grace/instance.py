@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from grace.core.manifest import Manifest
+from grace.core.names import CODE_LOCATION
 from grace.core.routing import RoutingConfig, instance_drift, run_queue_limits
 
 HEADER = "# Rendered by `grace dev` from grace.yaml. Edits here are overwritten: change grace.yaml.\n"
@@ -34,6 +35,8 @@ def instance_config(manifest: Manifest) -> dict:
             "poll_interval_seconds": MONITOR_POLL_SECONDS,
         },
         "run_retries": {"enabled": True, "max_retries": 2},
+        # Run workers fork from a warm process: a small run starts in well under a second, not 2-3 s.
+        "run_launcher": {"module": "grace.launcher", "class": "ForkingRunLauncher"},
         # Folder, freshness and run_health sensors tick side by side: evaluated one after
         # another, the others' ticks would delay a folder sensor's next look at its events.
         "sensors": {"use_threads": True, "num_workers": 4},
@@ -59,7 +62,7 @@ def render_instance(manifest: Manifest, dagster_home: Path, manifest_dir: Path) 
             {
                 "python_module": {
                     "module_name": "grace.definitions",
-                    "location_name": "grace",
+                    "location_name": CODE_LOCATION,
                     "working_directory": str(manifest_dir),
                 }
             }

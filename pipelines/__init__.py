@@ -16,7 +16,12 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB
-from grace.pipelines.index import build_consistency_check, build_index_asset, build_rebuild_schedule
+from grace.pipelines.index import (
+    build_consistency_check,
+    build_coverage_check,
+    build_index_asset,
+    build_rebuild_schedule,
+)
 from grace.pipelines.ingest import build_ingest_assets
 from grace.pipelines.keys import build_key_assets, build_rotate_keys_job, build_rotate_keys_schedule
 from grace.pipelines.routing_stats import (
@@ -55,17 +60,19 @@ def build_pipelines(manifest: Manifest) -> Definitions:
         warnings.filterwarnings("ignore", category=BetaWarning, message=".*resource_defs.*")
         ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
         index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
+    coverage_check = build_coverage_check()
+    consistency_check = build_consistency_check(manifest)
     # One process per run: the model loads once, and steps skip the per-step process start.
     ingest_job = define_asset_job(
         INGEST_JOB,
-        selection=ingest_assets,
+        selection=AssetSelection.assets(*ingest_assets, index_asset) - AssetSelection.checks(consistency_check),
         executor_def=in_process_executor,
-        description="Reads, chunks and embeds whatever a shard has pending, holding the shard's lease.",
+        description="Reads, chunks and embeds whatever a shard has pending, holding the shard's lease, and "
+        "brings the shard's index up to date when the change is small.",
     )
-    consistency_check = build_consistency_check(manifest)
     rebuild_job = define_asset_job(
         REBUILD_JOB,
-        selection=AssetSelection.assets(index_asset) | AssetSelection.checks(consistency_check),
+        selection=AssetSelection.assets(index_asset) | AssetSelection.checks(coverage_check, consistency_check),
         executor_def=in_process_executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
@@ -75,7 +82,7 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     rotate_keys_job = build_rotate_keys_job(manifest, key_assets)
     return Definitions(
         assets=[*specs, *ingest_assets, index_asset, stats_asset, *key_assets],
-        asset_checks=[consistency_check],
+        asset_checks=[coverage_check, consistency_check],
         jobs=[ingest_job, rebuild_job, stats_job, rotate_keys_job, *build_task_jobs(manifest)],
         schedules=[
             build_rebuild_schedule(manifest, rebuild_job),

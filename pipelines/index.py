@@ -1,10 +1,12 @@
 """vector_index: one Annoy index per shard, rebuilt from the store and swapped in atomically."""
 
+from collections.abc import Iterator
+
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     DefaultScheduleStatus,
@@ -19,13 +21,11 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest
-from grace.core.names import rebuild_tags
+from grace.core.names import INGEST_JOB, rebuild_tags
+from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource
 from grace.resources.consistency import check_shard
-from grace.resources.embedder import EmbedderResource
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
-from grace.resources.shard_status import rebuild_shard
-from grace.resources.store import StoreResource
-from grace.resources.vector_index import VectorIndexResource
+from grace.resources.shard_status import ShardView, inline_refusal, rebuild_shard, shard_view
 
 COVERAGE_CHECK = "index_covers_every_embedding"
 CONSISTENCY_CHECK = "index_matches_store"
@@ -34,21 +34,19 @@ CONSISTENCY_CHECK = "index_matches_store"
 def build_index_asset(
     manifest: Manifest, shards: PartitionsDefinition, embeddings_asset: AssetsDefinition
 ) -> AssetsDefinition:
+    rebuild = manifest.index.rebuild
+
     @asset(
         partitions_def=shards,
         deps=[embeddings_asset],
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="index",
         kinds={"annoy"},
-        check_specs=[
-            AssetCheckSpec(
-                COVERAGE_CHECK,
-                asset="vector_index",
-                description="Right after a rebuild, every searchable embedding of the shard is in its index.",
-            )
-        ],
-        description=f"Annoy index per shard ({manifest.index.trees} trees), built into a new "
-        "file and swapped in atomically; searches scan newer embeddings exactly until the next build.",
+        output_required=False,
+        description=f"Annoy index per shard ({manifest.index.trees} trees), built into a new file and swapped "
+        "in atomically; searches scan newer embeddings exactly until the next build. An ingest run builds it "
+        f"when its shard changed by at most {rebuild.inline_max_delta} vectors (and holds at most "
+        f"{rebuild.inline_max_vectors}); the rebuild_index job builds it whatever the delta.",
     )
     def vector_index(
         context: AssetExecutionContext,
@@ -56,31 +54,63 @@ def build_index_asset(
         embedder: EmbedderResource,
         vector_index: VectorIndexResource,
         shard_lease: ShardLeaseResource,  # held for the run: one writer per shard
-    ) -> MaterializeResult:
+    ) -> Iterator[MaterializeResult]:
         shard = int(context.partition_key)
-        rebuilt = rebuild_shard(store.get(), vector_index.get(), shard, embedder.get().model_id)
+        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        if context.run.job_name == INGEST_JOB:
+            view = shard_view(index, shard, grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
+            skip = inline_refusal(view, rebuild.inline_max_delta, rebuild.inline_max_vectors)
+            if skip:
+                context.log.info(f"shard {shard}: index not rebuilt in this ingest run: {skip}")
+                return
+        rebuilt = rebuild_shard(grace_store, index, shard, model_id)
         built, view, seconds = rebuilt.built, rebuilt.view, rebuilt.seconds
-        counts = {
-            "total_embeddings": len(view.searchable),
-            "indexed_embeddings": view.indexed,
-            "pending": len(view.pending),
-            "tombstoned": len(view.tombstoned),
-            "index_coverage": view.coverage,
-        }
         context.log.info(f"shard {shard}: built version {built.version} with {built.items} vectors in {seconds:.2f}s")
-        return MaterializeResult(
-            metadata={**counts, "version": built.version, "items": built.items, "build_seconds": round(seconds, 3)},
-            check_results=[
-                AssetCheckResult(
-                    check_name=COVERAGE_CHECK,
-                    passed=view.coverage == 1.0,
-                    severity=AssetCheckSeverity.ERROR,
-                    metadata=counts,
-                )
-            ],
+        yield MaterializeResult(
+            metadata={
+                **_counts(view),
+                "version": built.version,
+                "items": built.items,
+                "build_seconds": round(seconds, 3),
+            }
         )
 
     return vector_index
+
+
+def _counts(view: ShardView) -> dict:
+    return {
+        "total_embeddings": len(view.searchable),
+        "indexed_embeddings": view.indexed,
+        "pending": len(view.pending),
+        "tombstoned": len(view.tombstoned),
+        "index_coverage": view.coverage,
+    }
+
+
+def build_coverage_check() -> AssetChecksDefinition:
+    @asset_check(
+        asset="vector_index",
+        name=COVERAGE_CHECK,
+        description="Right after a build, every searchable embedding of the shard is in its index.",
+    )
+    def index_covers_every_embedding(
+        context: AssetCheckExecutionContext,
+        store: StoreResource,
+        embedder: EmbedderResource,
+        vector_index: VectorIndexResource,
+    ) -> AssetCheckResult:
+        shard = int(context.op_execution_context.partition_key)
+        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        view = shard_view(index, shard, grace_store.embedded_chunk_ids(shard, index.shards, model_id), model_id)
+        counts = _counts(view)
+        return AssetCheckResult(
+            passed=view.coverage == 1.0,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"shard": shard, **counts},
+        )
+
+    return index_covers_every_embedding
 
 
 def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:

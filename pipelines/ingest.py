@@ -17,12 +17,11 @@ from dagster import (
 
 from grace.core.failpoints import failpoint
 from grace.core.manifest import Manifest
+from grace.resources.bindings import EmbedderResource, StoreResource
 from grace.resources.chunking import chunker_for
-from grace.resources.embedder import EmbedderResource
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
 from grace.resources.reading import read_document
 from grace.resources.schema import NewChunk
-from grace.resources.store import StoreResource
 
 BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
@@ -131,8 +130,9 @@ def build_ingest_assets(
         deps=[chunks],
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
-        kinds={"pytorch"},
-        description=f"One vector per distinct chunk text, from {manifest.embedding.model}; "
+        kinds={"onnx" if manifest.embedding.backend == "onnx-int8" else "pytorch"},
+        description=f"One vector per distinct chunk text, from {manifest.embedding.model} "
+        f"({manifest.embedding.backend}); "
         "cached by (model, chunk hash), so unchanged text is never embedded twice.",
     )
     def embeddings(
@@ -144,6 +144,14 @@ def build_ingest_assets(
         grace_store, model = store.get(), embedder.get()
         shard = int(context.partition_key)
         todo = grace_store.chunks_to_embed(shard, shard_count, model.model_id)
+        others = grace_store.vectors_from_other_models([chunk_hash for chunk_hash, _text in todo], model.model_id)
+        if others:
+            context.log.warning(
+                f"re-embedding {len(todo)} chunks with {model.model_id}: the store has vectors of "
+                + ", ".join(f"{count} of them from {other}" for other, count in sorted(others.items()))
+                + " (embedding.model or embedding.backend changed in grace.yaml). Vectors of two models never "
+                "mix: until every shard is re-embedded, search covers the chunks done so far."
+            )
         started = time.perf_counter()
         group_size = model.batch_size * BATCHES_PER_COMMIT
         for first in range(0, len(todo), group_size):
@@ -160,6 +168,7 @@ def build_ingest_assets(
                 "seconds": round(seconds, 3),
                 "chunks_per_second": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
                 "model_id": model.model_id,
+                "reembedded_from_other_models": sum(others.values()),
             }
         )
 

@@ -30,9 +30,10 @@ from pydantic import Field
 
 from grace.core.manifest import Manifest
 from grace.core.names import origin_tags
+from grace.resources.bindings import KeyVaultResource
 from grace.resources.handlers import rotate_and_rewrap
 from grace.resources.key_tables import KeyStatus, aware_utc
-from grace.resources.key_vault import KeyVault, KeyVaultResource
+from grace.resources.key_vault import KeyVault
 
 ROTATE_KEYS_JOB = "rotate_keys"
 KEYS_ORIGIN = "keys"  # grace/origin of key runs: they count against a quota like any routed task

@@ -19,8 +19,8 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import ROUTING_ORIGIN, ROUTING_STATS_JOB, origin_tags
+from grace.resources.bindings import StoreResource
 from grace.resources.routing_stats import routing_stats
-from grace.resources.store import StoreResource
 
 PER_ORIGIN_KEYS = (
     "utilization",

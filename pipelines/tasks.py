@@ -26,13 +26,10 @@ from grace.core.handlers import BUILTIN_PAYLOADS, HandlerSpec, TaskContext, proj
 from grace.core.manifest import Manifest
 from grace.core.names import TASK_JOB_PREFIX, task_job_name
 from grace.core.tasks import TASK_OP, canonical_json
-from grace.resources import build_resources
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource, build_resources
 from grace.resources.handlers import BUILTIN_IMPLEMENTATIONS
 from grace.resources.heartbeat import TaskHeartbeatResource, heartbeat_resource_defs
-from grace.resources.store import StoreResource
 from grace.resources.taskbook import TaskRecord
-from grace.resources.vector_index import VectorIndexResource
 
 
 class TaskConfig(Config):

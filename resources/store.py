@@ -11,8 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
 import numpy as np
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field, PrivateAttr
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -198,6 +196,20 @@ class Store(SealedText, Ledger):
             dialect = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
             connection.execute(dialect(embeddings).on_conflict_do_nothing(), rows)
 
+    def vectors_from_other_models(self, chunk_hashes: Sequence[str], model_id: str) -> dict[str, int]:
+        """model id -> how many of these chunk texts it has a vector for, for every model but model_id."""
+        found: dict[str, int] = {}
+        with self.engine.connect() as connection:
+            for batch in batches(list(chunk_hashes), 500):
+                query = (
+                    select(embeddings.c.model_id, func.count())
+                    .where(embeddings.c.chunk_hash.in_(batch), embeddings.c.model_id != model_id)
+                    .group_by(embeddings.c.model_id)
+                )
+                for other, count in connection.execute(query):
+                    found[other] = found.get(other, 0) + count
+        return found
+
     def embedded_chunk_ids(self, shard: int, shards: int, model_id: str) -> np.ndarray:
         """Sorted ids of one shard's searchable chunks: active documents, embedding present."""
         return self.searchable_chunk_ids(shards, model_id)[shard]
@@ -349,39 +361,34 @@ def shared_store(url: str) -> Store:
     return Store(url)
 
 
-class StoreResource(ConfigurableResource):
-    """Dagster face of Store: with kek set (build_resources sets it), text is sealed by the key vault.
+def open_store(
+    url: str,
+    kek: str | None = None,
+    rotate_every_seconds: int = 30 * 86400,
+    min_decryption_versions: int = 2,
+    rewrap_batch: int = REWRAP_BATCH,
+    run_id: str | None = None,
+) -> Store:
+    """The process's store for url; with kek (env:NAME or file:PATH), text is sealed by the key vault.
 
-    get() resolves the KEK. Once the store holds key versions, a missing or wrong KEK raises there,
+    The KEK is resolved here. Once the store holds key versions, a missing or wrong KEK raises,
     naming where it was looked for; a store with none yet opens without it (scans, stats and empty
-    searches need none) and the same error comes from the first text it seals. The first get() in
-    a process also encrypts any text stored before encryption (release 0.3), in resumable batches.
+    searches need none) and the same error comes from the first text it seals. The first open in a
+    process also encrypts any text stored before encryption (release 0.3), in resumable batches.
     Without kek, the store does everything but text (sensors, leases, tasks).
     """
-
-    url: str
-    kek: str | None = Field(default=None, description="where the KEK lives: env:NAME or file:PATH (mode 0600)")
-    rotate_every_seconds: int = Field(default=30 * 86400, gt=0)
-    min_decryption_versions: int = Field(default=2, ge=1)
-    rewrap_batch: int = Field(default=REWRAP_BATCH, ge=1)
-    _run_id: str | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._run_id = context.run.run_id if context.run is not None else None
-
-    def get(self) -> Store:
-        store = shared_store(self.url)
-        if self.kek is None:
-            return store
-        try:
-            vault = shared_vault(self.url, self.kek, self.rotate_every_seconds, self.min_decryption_versions)
-        except SecretError as missing:
-            with store.engine.connect() as connection:
-                if holds_key_versions(connection):
-                    raise
-            return store.lacking_keys(str(missing))
-        seal_plaintext_once(vault, self.rewrap_batch)
-        return _store_for_run(store, vault, self._run_id)
+    store = shared_store(url)
+    if kek is None:
+        return store
+    try:
+        vault = shared_vault(url, kek, rotate_every_seconds, min_decryption_versions)
+    except SecretError as missing:
+        with store.engine.connect() as connection:
+            if holds_key_versions(connection):
+                raise
+        return store.lacking_keys(str(missing))
+    seal_plaintext_once(vault, rewrap_batch)
+    return _store_for_run(store, vault, run_id)
 
 
 @functools.lru_cache(maxsize=64)

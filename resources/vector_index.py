@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from dagster import ConfigurableResource
 
 from grace.core.failpoints import failpoint
+from grace.resources.file_stamps import file_sha256, stamped_sha256
 
 POINTER = "current.json"
 KEEP_VERSIONS = 2  # the current one, and the one a reader may still be opening
@@ -138,12 +137,12 @@ class ShardedIndex:
         raise IndexCorrupt(f"shard {shard}: files named by {self.shard_dir(shard) / POINTER} are missing")
 
     def verify(self, shard: int) -> LoadedIndex | None:
-        """Like load, but re-reads the files now instead of trusting this process's cache."""
+        """Like load, but re-reads and re-hashes the files now, trusting no cache or stamp."""
         meta = self.current(shard)
         if meta is None:
             return None
         try:
-            return _open_version(str(self.shard_dir(shard)), meta)
+            return _open_version(str(self.shard_dir(shard)), meta, trust_stamp=False)
         except (IndexCorrupt, OSError, ValueError) as error:
             raise IndexCorrupt(f"shard {shard}: {error}") from error
 
@@ -153,11 +152,15 @@ class ShardedIndex:
             for path in folder.glob(f"{stale}.*"):
                 path.unlink(missing_ok=True)
         for leftover in folder.glob("*.tmp*"):
-            if time.time() - leftover.stat().st_mtime > 3600:
+            try:  # a reader's stamp may be renamed into place meanwhile
+                abandoned = time.time() - leftover.stat().st_mtime > 3600
+            except FileNotFoundError:
+                continue
+            if abandoned:
                 leftover.unlink(missing_ok=True)
 
 
-def _open_version(folder: str, meta: IndexVersion) -> LoadedIndex:
+def _open_version(folder: str, meta: IndexVersion, trust_stamp: bool = True) -> LoadedIndex:
     """Check a version's files against its pointer (size, checksum, item counts), then map it."""
     chunk_ids = np.load(Path(folder) / meta.ids_file)
     if len(chunk_ids) != meta.items:
@@ -168,8 +171,7 @@ def _open_version(folder: str, meta: IndexVersion) -> LoadedIndex:
         size = path.stat().st_size
         if meta.index_bytes is not None and size != meta.index_bytes:
             raise IndexCorrupt(f"{meta.index_file} is {size} bytes, it was built with {meta.index_bytes}")
-        if file_sha256(path) != meta.index_sha256:
-            raise IndexCorrupt(f"{meta.index_file} does not match its checksum")
+        _check_sha256(path, meta, trust_stamp)
         annoy = AnnoyIndex(meta.dimension, "angular")
         try:
             annoy.load(str(path))
@@ -180,6 +182,14 @@ def _open_version(folder: str, meta: IndexVersion) -> LoadedIndex:
         if annoy.get_n_items() != meta.items:
             raise IndexCorrupt(f"{meta.index_file} holds {annoy.get_n_items()} items, the pointer says {meta.items}")
     return LoadedIndex(meta, annoy, chunk_ids)
+
+
+def _check_sha256(path: Path, meta: IndexVersion, trust_stamp: bool) -> None:
+    """Raise IndexCorrupt unless the file matches the pointer's checksum; a stamp beside it
+    (v<version>.verified, see file_stamps) spares later processes the full hash."""
+    stamp = path.with_name(path.name.split(".")[0] + ".verified")
+    if stamped_sha256(path, stamp, trust=trust_stamp) != meta.index_sha256:
+        raise IndexCorrupt(f"{meta.index_file} does not match its checksum")
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,21 +218,3 @@ def _write_atomically(final: Path, write) -> None:
         os.close(directory)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class VectorIndexResource(ConfigurableResource):
-    """Dagster face of ShardedIndex."""
-
-    root: str
-    shards: int = 4
-    trees: int = 50
-    search_k: int = 25000
-
-    def get(self) -> ShardedIndex:
-        return ShardedIndex(Path(self.root), self.shards, self.trees, self.search_k)

@@ -2,6 +2,7 @@
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 from dagster import (
@@ -15,9 +16,9 @@ from dagster import (
 
 from grace.core.manifest import Manifest, SourceConfig
 from grace.core.names import INGEST_JOB, REASON_TAG, ingest_tags
+from grace.resources.bindings import EmbedderResource, StoreResource
 from grace.resources.chunking import chunker_for
-from grace.resources.embedder import EmbedderResource
-from grace.resources.store import StoreResource
+from grace.sensors.push import pusher_for, run_key, sensor_name
 from grace.sensors.runs import run_in_flight
 from grace.sensors.scan import reconcile
 from grace.sensors.watcher import watcher_for
@@ -56,7 +57,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
     shards = manifest.index.shards
 
     @sensor(
-        name=f"watch_{source.name}",
+        name=sensor_name(source),
         job_name=INGEST_JOB,
         minimum_interval_seconds=TICK_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
@@ -67,23 +68,26 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
         cursor = Cursor.parse(context.cursor)
         grace_store.forget_changes(source.name, cursor.last_change)
         watcher, started = watcher_for(source) if manifest.watch.events else (None, True)
+        if watcher:
+            pusher_for(manifest, source, watcher, grace_store)
         reconcile_due = time.time() - cursor.reconciled_at >= manifest.watch.reconcile_every_seconds
-        dirty = watcher.journal.drain() if watcher else None
-        if started or reconcile_due:
-            dirty = None
         if reconcile_due:
             cursor.reconciled_at = time.time()
-        try:
-            scan = reconcile(grace_store, source, dirty)
-        except Exception:
-            if watcher:  # the drained paths are acknowledged only once their scan has committed
-                watcher.journal.give_back(dirty)
-            raise
+        with watcher.lock if watcher else nullcontext():
+            dirty = watcher.journal.drain() if watcher else None
+            if started or reconcile_due:
+                dirty = None
+            try:
+                scan = reconcile(grace_store, source, dirty)
+            except Exception:
+                if watcher:  # the drained paths are acknowledged only once their scan has committed
+                    watcher.journal.give_back(dirty)
+                raise
         pending = grace_store.pending_changes(source.name, cursor.last_change, shards)
         cursor.last_change = pending.last_change_id
         requests = [
             RunRequest(
-                run_key=f"{source.name}:{shard}:{pending.last_change_id}",
+                run_key=run_key(source, shard, pending.last_change_id),
                 partition_key=str(shard),
                 tags=ingest_tags(source.origin, source.name, shard, size, manifest.routing.origins),
             )

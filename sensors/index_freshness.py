@@ -10,17 +10,16 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest
-from grace.core.names import REBUILD_JOB, rebuild_tags
-from grace.resources.embedder import EmbedderResource
-from grace.resources.shard_status import shard_views
-from grace.resources.store import StoreResource
-from grace.resources.vector_index import VectorIndexResource
+from grace.core.names import INGEST_JOB, REBUILD_JOB, rebuild_tags
+from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource
+from grace.resources.shard_status import inline_refusal, shard_views
 from grace.sensors.folder import TICK_SECONDS
 from grace.sensors.runs import run_in_flight
 
 
 def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
-    threshold = manifest.index.rebuild.when_stale_fraction
+    rebuild = manifest.index.rebuild
+    threshold = rebuild.when_stale_fraction
 
     @sensor(
         name="index_freshness",
@@ -43,6 +42,9 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
             due = fraction >= threshold or view.index_problem is not None
             if not due or run_in_flight(context.instance, REBUILD_JOB, view.shard):
                 continue
+            inline = inline_refusal(view, rebuild.inline_max_delta, rebuild.inline_max_vectors) is None
+            if inline and run_in_flight(context.instance, INGEST_JOB, view.shard):
+                continue  # the ingest run indexes this delta itself before it ends
             reason = "index files damaged" if view.index_problem else f"stale fraction {fraction:.3f}"
             requests.append(
                 RunRequest(

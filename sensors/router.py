@@ -19,9 +19,9 @@ from grace.core.manifest import Manifest
 from grace.core.names import task_job_name
 from grace.core.routing import instance_drift
 from grace.core.tasks import task_run_config, task_run_tags
+from grace.resources.bindings import StoreResource
 from grace.resources.inbox import TaskInbox
 from grace.resources.schema import utc_now
-from grace.resources.store import StoreResource
 from grace.resources.taskbook import FAILED, RECEIVED, TaskRecord
 from grace.sensors.folder import TICK_SECONDS
 

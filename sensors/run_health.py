@@ -2,12 +2,12 @@
 and its shard's ingest is requested again on the same tick. A dead task run is failed too, and
 the instance's run retries run its task again.
 
-Dagster's code server fails a run whose worker process it saw die (measured on 1.13.27: SIGKILL
-is reported within a second). A worker that hangs (stopped, deadlocked), or whose code server
-went away first, is seen by no one: its run would stay STARTED, holding its place in the run
-queue's per-shard limit, until run monitoring's max runtime. Each shard run's lease resource,
-and each task run's heartbeat resource, beats every RENEW_SECONDS; this sensor ends the runs
-that stopped.
+Run monitoring fails a run whose worker process is gone (grace.launcher checks each worker's
+pid every poll, 10 s); once that run's heartbeat is stale, this sensor frees its rows and
+requests its shard again. A worker that hangs (stopped, deadlocked) is seen by no one: its run
+would stay STARTED, holding its place in the run queue's per-shard limit, until run
+monitoring's max runtime. Each shard run's lease resource, and each task run's heartbeat
+resource, beats every RENEW_SECONDS; this sensor ends the runs that stopped.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from grace.core.names import (
     TASK_ID_TAG,
     TASK_JOB_PREFIX,
 )
+from grace.resources.bindings import StoreResource
 from grace.resources.lease import HEARTBEAT_TTL_SECONDS, Heartbeat, ShardLeases
 from grace.resources.schema import utc_now
-from grace.resources.store import StoreResource
 from grace.sensors.folder import TICK_SECONDS
+from grace.sensors.runs import run_in_flight
 
 # A run worker imports Dagster and loads the code location (5-15 s on a busy 2-core machine)
 # before its lease resource registers the first heartbeat; 40 s covers that with room to spare.
@@ -131,8 +132,14 @@ def build_run_health_sensor() -> SensorDefinition:
         heartbeats = leases.heartbeats()
         requests: dict[int, RunRequest] = {}
         for run_id in ended_run_beats(context.instance, heartbeats, now):
-            # Dagster ended the run and its retries re-run the work; only the rows are left to free.
-            context.log.info(f"run {run_id} has ended: {leases.release_run(run_id)} lease(s) and its heartbeat freed")
+            # Dagster ended the run (run monitoring saw its worker die). Its retry, when one is made, runs
+            # the work again; an ingest run's shard is requested here as well unless a run already has it.
+            freed = leases.release_run(run_id)
+            context.log.info(f"run {run_id} has ended: {freed} lease(s) and its heartbeat freed")
+            ended = DeadRun(context.instance.get_run_by_id(run_id), heartbeats[run_id].shard, "its worker died")
+            if ended.run is not None and ended.shard is not None and ended.run.job_name == INGEST_JOB:
+                if not run_in_flight(context.instance, INGEST_JOB, ended.shard):
+                    requests[ended.shard] = RunRequest(partition_key=str(ended.shard), tags=_retry_tags(ended))
         for dead in find_dead_runs(context.instance, heartbeats, now):
             freed = reap(context.instance, leases, dead)
             context.log.warning(

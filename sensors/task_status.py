@@ -26,8 +26,8 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import TASK_ID_TAG
+from grace.resources.bindings import StoreResource
 from grace.resources.schema import as_utc, utc_now
-from grace.resources.store import StoreResource
 from grace.resources.taskbook import (
     FAILED,
     OPEN_STATUSES,

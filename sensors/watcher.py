@@ -42,6 +42,7 @@ class Journal(FileSystemEventHandler):
         self._dirty = Dirty()
         self._overflowed = False
         self._lock = threading.Lock()
+        self.changed = threading.Event()  # set after every event worth a look; the pusher waits on it
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         ignored = IGNORED_FOLDER_EVENTS if event.is_directory else IGNORED_EVENTS
@@ -51,6 +52,7 @@ class Journal(FileSystemEventHandler):
         with self._lock:
             for path in filter(None, paths):
                 self._record(os.fsdecode(path), event.is_directory)
+        self.changed.set()
 
     def _record(self, path: str, is_directory: bool) -> None:
         try:
@@ -96,6 +98,8 @@ class FolderWatcher:
     def __init__(self, source: SourceConfig):
         source.path.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(source.path, source.patterns, source.exclude)
+        # Held while a batch is drained and recorded, by the sensor's tick and by the pusher alike.
+        self.lock = threading.Lock()
         self.observer = Observer()
         self.observer.schedule(self.journal, str(source.path), recursive=True)
         self.observer.daemon = True

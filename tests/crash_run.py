@@ -46,7 +46,7 @@ from dagster._daemon.monitoring import run_monitoring  # noqa: E402
 
 from grace.core.failpoints import failpoint  # noqa: E402
 from grace.instance import render_instance  # noqa: E402
-from grace.resources.embedder import EmbedderResource  # noqa: E402
+from grace.resources.bindings import EmbedderResource  # noqa: E402
 from tests.fakes import HashingEmbedderResource  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 

@@ -9,19 +9,34 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    build_sensor_context,
+    materialize,
+)
 
 from grace.core.manifest import Manifest, load_manifest
 from grace.core.secrets import create_key_file, parse_secret_ref
 from grace.definitions import build_definitions
+from grace.resources.bindings import StoreResource
 from grace.resources.key_vault import KeyVault
 from grace.resources.search import Searcher, index_stats
-from grace.resources.store import Store, StoreResource, shared_store
+from grace.resources.store import Store, shared_store
 from grace.resources.vector_index import ShardedIndex
 
 
 def manifest_text(
-    store_url: str | None = None, shards: int = 2, extra_sources: str = "", max_bytes: str = "1KB", events: bool = False
+    store_url: str | None = None,
+    shards: int = 2,
+    extra_sources: str = "",
+    max_bytes: str = "1KB",
+    events: bool = False,
+    inline_max_delta: int = 1000,
+    embedding_backend: str = "torch",
 ) -> str:
     """A test manifest; events=False makes every tick a full scan, so no test waits for watchdog."""
     store_line = f"store: {store_url}\n" if store_url else ""
@@ -34,8 +49,9 @@ def manifest_text(
         "    origin: ingest\n"
         f"    max_bytes: {max_bytes}\n"
         f"{extra_sources}"
-        f"index:\n  shards: {shards}\n  trees: 10\n"
+        f"index:\n  shards: {shards}\n  trees: 10\n  rebuild: {{inline_max_delta: {inline_max_delta}}}\n"
         f"watch:\n  events: {str(events).lower()}\n"
+        f"embedding:\n  backend: {embedding_backend}\n"
     )
 
 
@@ -87,14 +103,19 @@ class Deployment:
         **manifest_options,
     ):
         self.root = root
+        # The manifest names the backend of the embedder given (torch for a fake), so that a CLI or a
+        # `grace dev` started on it embeds queries with the same model as the deployment's runs.
+        manifest_options.setdefault("embedding_backend", getattr(embedder_resource, "backend", "torch"))
         (root / "grace.yaml").write_text(manifest_text(store_url, shards, **manifest_options))
         self.manifest = load_manifest(root / "grace.yaml")
         ensure_key_file(self.manifest)
         self.defs = build_definitions(self.manifest)
-        self.resources = {**self.defs.resources, "embedder": embedder_resource}
+        self.resources = {**self.defs.resources}
+        if embedder_resource is not None:  # None: the manifest's own embedder
+            self.resources["embedder"] = embedder_resource
         if not encrypted:
             self.resources["store"] = PlaintextStoreResource(url=self.manifest.store_url)
-        self.embedder = embedder_resource.get()
+        self.embedder = self.resources["embedder"].get()
         self.instance = DagsterInstance.ephemeral()
         self.cursors: dict[str, str | None] = {}
         self.inbox = self.manifest.sources[0].path
@@ -131,6 +152,13 @@ class Deployment:
 
     def rebuild(self, shard: int):
         return self._materialize(REBUILD, shard)
+
+    def run_job(self, name: str, shard: int):
+        """Execute one of the code location's jobs in process, as its run worker would (job name included)."""
+        defs = Definitions(assets=self.defs.assets, asset_checks=self.defs.asset_checks, resources=self.resources)
+        jobs = {job.name: job for job in self.defs.jobs}
+        job = Definitions.merge(defs, Definitions(jobs=[jobs[name]])).resolve_job_def(name)
+        return job.execute_in_process(partition_key=str(shard), instance=self.instance)
 
     def sync(self, rebuild: bool = True) -> list:
         """Tick every folder sensor, run what they ask for, then rebuild every shard.

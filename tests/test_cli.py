@@ -13,7 +13,7 @@ import pytest
 
 from grace.api import search
 from grace.cli import main
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource
 from tests.conftest import fresh_postgres_database
 from tests.harness import Deployment
 

@@ -17,8 +17,7 @@ from grace.core.tasks import TaskRejected, task_run_config, task_run_tags
 from grace.instance import render_instance
 from grace.pipelines import build_pipelines
 from grace.pipelines.tasks import build_task_jobs
-from grace.resources import build_resources
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource, build_resources
 from grace.resources.inbox import ENVELOPE_BYTES
 from grace.resources.store import Store
 from grace.resources.taskbook import QUEUED, RECEIVED, STARTED, SUCCEEDED, TaskBook

@@ -17,7 +17,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster._core.storage.tags import RUN_KEY_TAG
 
 from grace.core.names import INGEST_JOB, REASON_TAG
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment, assert_same_state
 

@@ -13,9 +13,8 @@ import yaml
 from dagster import DagsterInstance
 
 from grace.core.manifest import load_manifest
-from grace.resources import build_resources
+from grace.resources.bindings import build_resources
 from grace.resources.chunking import chunker_for
-from grace.resources.embedder import Embedder
 from tests.devserver import DevServer, free_port, group_alive
 
 DOCUMENTS = {
@@ -107,8 +106,9 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         (inbox / "notes" / "chess.md").rename(inbox / "chess-final.md")
         (inbox / "recipe.txt").write_text("Roast the peppers and blend them into a smoky soup.")
 
-        store = build_resources(load_manifest(manifest))["store"].get()  # with the KEK grace dev created
-        model = Embedder()
+        resources = build_resources(load_manifest(manifest))
+        store = resources["store"].get()  # with the KEK grace dev created
+        model = resources["embedder"].get()  # the manifest's: onnx-int8 by default
         settings = chunker_for(load_manifest(manifest), model.tokenizer_file).settings_key
 
         def changes_applied():

@@ -19,8 +19,7 @@ from grace.core.manifest import load_manifest
 from grace.core.names import INGEST_JOB, PARTITION_TAG, REASON_TAG, REBUILD_JOB, ingest_tags, rebuild_tags
 from grace.core.tasks import Task, task_run_tags
 from grace.instance import CANCEL_TIMEOUT_SECONDS, render_instance
-from grace.resources import build_resources
-from grace.resources.embedder import Embedder
+from grace.resources.bindings import build_resources
 from grace.resources.lease import HEARTBEAT_TTL_SECONDS, ShardLeases
 from grace.resources.schema import utc_now
 from grace.sensors.run_health import STARTUP_GRACE_SECONDS, find_dead_runs
@@ -191,7 +190,8 @@ def test_a_dead_run_worker_frees_its_shard_and_its_work_is_finished(tmp_path, re
             (inbox / f"file-{index:03d}.txt").write_text(text)
         instance = DagsterInstance.from_config(str(home))
         # The deployment's own store: text is read with the KEK that grace dev created.
-        store, model_id = build_resources(load_manifest(manifest))["store"].get(), Embedder().model_id
+        resources = build_resources(load_manifest(manifest))
+        store, model_id = resources["store"].get(), resources["embedder"].get().model_id
         try:
             victim, pid = wait_for(lambda: _embedding_run(instance), timeout=120, every=0.5)
             time.sleep(2)  # well into embedding

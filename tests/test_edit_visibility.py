@@ -8,8 +8,8 @@ import time
 import pytest
 from dagster import AssetSelection, materialize
 
+from grace.resources.bindings import EmbedderResource
 from grace.resources.chunking import chunker_for
-from grace.resources.embedder import EmbedderResource
 from grace.resources.search import Searcher
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from grace.core.secrets import SecretError, create_key_file
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource, StoreResource
 from grace.resources.key_tables import CHUNK_TEXT, STORE_TEXT, DecryptionError, KeyEvent, WrongKek, token_version
 from grace.resources.key_vault import KeyVault
 from grace.resources.schema import NewChunk, ObservedFile, chunks, documents, staged_chunks
-from grace.resources.store import Store, StoreResource
+from grace.resources.store import Store
 from grace.resources.store_text import TextNeedsKeys, UnreadableText
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment, encrypting_store
@@ -196,7 +196,7 @@ LEGACY = {"documents": "legacy document words", "chunks": ["legacy chunk one", "
 
 SEAL_IN_CHILD = """
 import sys
-from grace.resources.store import StoreResource
+from grace.resources.bindings import StoreResource
 StoreResource(url=sys.argv[1], kek="env:GRACE_TEST_KEK", rewrap_batch=1).get()
 """
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource
 from grace.resources.reading import read_document
 from grace.sensors.watcher import Journal
 from tests.fakes import HashingEmbedderResource

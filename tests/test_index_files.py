@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from dagster import RunRequest, build_sensor_context
 
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource
 from grace.resources.vector_index import POINTER, IndexCorrupt, ShardedIndex
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment
@@ -24,7 +24,7 @@ TAIL_BYTES_FLIPPED = 300
 SEARCH_IN_SUBPROCESS = """
 import json, sys
 from grace.core.manifest import load_manifest
-from grace.resources import build_resources
+from grace.resources.bindings import build_resources
 from grace.resources.search import Searcher
 from tests.fakes import HashingEmbedder
 

@@ -26,8 +26,7 @@ from grace.core.names import ORIGIN_TAG, UNLISTED_ORIGIN_TAG, task_job_name
 from grace.core.tasks import TaskRejected, parse_task, task_run_config, task_run_tags
 from grace.definitions import build_definitions
 from grace.pipelines.keys import KEYS_ORIGIN, OVERDUE_CHECK, ROTATE_KEYS_JOB, build_key_assets
-from grace.resources import build_resources
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource, build_resources
 from grace.resources.handlers import open_key_vault
 from grace.resources.key_tables import CHUNK_TEXT, DOCUMENT_TEXT, KeyEvent, KeyStatus, key_versions, token_version
 from grace.resources.key_vault import KeyVault

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, s
 from sqlalchemy.exc import DatabaseError
 
 from grace.core.secrets import SecretError, create_key_file, resolve_secret
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource, KeyVaultResource
 from grace.resources.key_tables import (
     KeyEvent,
     KeyStatus,
@@ -32,7 +32,6 @@ from grace.resources.key_vault import (
     DecryptionError,
     DestroyRefused,
     KeyVault,
-    KeyVaultResource,
     WrongKek,
 )
 from grace.resources.store import Store

@@ -20,9 +20,11 @@ LAYERS = {
     "grace.sensors": 2,
     "grace.definitions": 3,
     "grace.instance": 3,
+    "grace.launcher": 3,
     "grace.cli": 3,
     "grace.cli_tasks": 3,
     "grace.cli_keys": 3,
+    "grace.cli_model": 3,
     "grace.api": 3,
 }
 SHELL = 3  # the code location, the CLI and the Python API may use one another

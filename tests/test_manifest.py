@@ -211,3 +211,26 @@ def test_anchors_aliases_and_merge_keys_still_load(write_manifest):
 )
 def test_self_referring_and_deeply_nested_yaml_are_errors(write_manifest, text, expected):
     assert expected in errors_of(write_manifest, text)
+
+
+CRON_CASES = [
+    "0 * * * *", "*/5 * * * *", "0 3 * * *", "0 3 * * mon-fri", "15 2 1 * *", "0 0 29 2 *", "0 0 30 2 *",
+    "0 0 31 2 *", "0 0 30,31 2 *", "0 0 31 1,2 *", "@hourly", "@daily", "0 0 * * 0", "0 0 * * 7", "* * * * * *",
+    "* * * *", "every hour", "", "60 * * * *", "0 24 * * *", "0 0 0 * *", "0 0 * 13 *", "0 0 L * *", "0 0 * * 5#3",
+    "0 0 1-15/2 * *", "0 9-17 * * 1-5",
+]
+
+
+@pytest.mark.parametrize("expression", CRON_CASES)
+def test_cron_check_agrees_with_dagsters(expression):
+    """grace.yaml's cron check avoids importing Dagster; it must accept exactly what Dagster schedules accept."""
+    from dagster._utils.schedules import is_valid_cron_string
+
+    from grace.core.validators import validate_cron
+
+    try:
+        validate_cron(expression)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == is_valid_cron_string(expression)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from dagster import build_sensor_context
 
+from grace.resources.bindings import EmbedderResource
 from grace.resources.chunking import Chunker
-from grace.resources.embedder import EmbedderResource
 from tests.harness import Deployment
 
 CORPUS = {

@@ -19,9 +19,9 @@ from dagster import ConfigurableResource
 from tokenizers import Tokenizer
 
 from grace.core.manifest import load_manifest
+from grace.resources.bindings import VectorIndexResource
 from grace.resources.embedder import Embedder, shared_embedder
 from grace.resources.search import Searcher
-from grace.resources.vector_index import VectorIndexResource
 from tests.harness import Deployment
 
 FILES = 100

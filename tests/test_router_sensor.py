@@ -17,8 +17,8 @@ from grace.core.routing import run_queue_limits
 from grace.core.tasks import Task
 from grace.pipelines import build_pipelines
 from grace.pipelines.tasks import build_task_jobs
-from grace.resources import build_resources
-from grace.resources.store import Store, StoreResource
+from grace.resources.bindings import StoreResource, build_resources
+from grace.resources.store import Store
 from grace.resources.taskbook import FAILED, RECEIVED, SUCCEEDED
 from grace.sensors import router
 from grace.sensors.router import RunQueueDrift, build_router_sensor

@@ -11,8 +11,11 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
+from dagster import DagsterRunStatus, RunsFilter
+from dagster._core.launcher import WorkerStatus
 
 from grace.core.manifest import load_manifest
 from grace.resources.routing_stats import routing_stats
@@ -59,7 +62,8 @@ def test_a_burst_never_exceeds_any_quota_or_the_capacity(deployment):
 
 
 def test_among_queued_tasks_a_higher_priority_starts_first(deployment):
-    blocker = deployment.submit(type="echo", origin="beta", payload={"message": "hold the slot", "sleep_ms": 12000})
+    # Long enough for the router and task_status ticks (5 s loops) to queue all four behind it.
+    blocker = deployment.submit(type="echo", origin="beta", payload={"message": "hold the slot", "sleep_ms": 30000})
     _wait_for_status(deployment, [blocker], {"started"}, timeout=120)
     low = [
         deployment.submit(type="echo", origin="beta", priority="low", payload={"message": f"low {n}"}) for n in range(3)
@@ -97,6 +101,26 @@ def test_bad_task_files_are_rejected_and_good_ones_run(deployment):
     _wait_for_status(deployment, ["from-a-file"], {"received", "queued", "started", "succeeded"}, timeout=60)
     assert deployment.wait_until_ended(["from-a-file"], timeout=120)["from-a-file"].status == "succeeded"
     assert not (inbox / "good.json").exists()
+
+
+def test_run_workers_are_forked_tracked_and_cancellable(deployment):
+    """The rendered ForkingRunLauncher: each worker's pid is on its run, and cancel reaches the worker."""
+    task_id = deployment.submit(type="echo", origin="alpha", payload={"message": "cancel me", "sleep_ms": 120_000})
+    _wait_for_status(deployment, [task_id], {"started"}, timeout=120)
+    with deployment.instance() as instance:
+        [run] = instance.get_runs(filters=RunsFilter(tags={"grace/task_id": task_id}))
+        pid, _, started = run.tags["grace/worker"].partition(":")
+        assert Path(f"/proc/{pid}").exists() and started
+        assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        assert instance.run_launcher.terminate(run.run_id)
+        deadline = time.monotonic() + 60
+        while instance.get_run_by_id(run.run_id).status != DagsterRunStatus.CANCELED:
+            assert time.monotonic() < deadline, instance.get_run_by_id(run.run_id).status
+            time.sleep(0.5)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
+        assert not instance.run_launcher.terminate(run.run_id), "nothing left to terminate"
+    assert deployment.wait_until_ended([task_id], timeout=120)[task_id].status == "failed"
 
 
 def test_the_seed_intent_counts_one_of_twelve_with_the_shipped_manifest(tmp_path):

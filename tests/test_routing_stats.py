@@ -23,10 +23,10 @@ from grace.core.names import ORIGIN_TAG, ROUTING_STATS_JOB, UNLISTED_ORIGIN_TAG,
 from grace.core.routing import run_queue_limits
 from grace.core.tasks import parse_task
 from grace.pipelines import build_pipelines
-from grace.resources import build_resources
+from grace.resources.bindings import StoreResource, build_resources
 from grace.resources.routing_stats import WINDOW_SECONDS, nearest_rank, routing_stats
 from grace.resources.schema import utc_now
-from grace.resources.store import Store, StoreResource
+from grace.resources.store import Store
 from grace.resources.taskbook import FAILED, QUEUED, RECEIVED, SUCCEEDED
 
 MANIFEST = (

@@ -18,7 +18,7 @@ from grace.core.handlers import BUILTIN_HANDLERS
 from grace.core.names import TASK_ID_TAG, task_job_name
 from grace.core.tasks import TASK_OP, TaskRejected, parse_task, task_run_config, task_run_tags
 from grace.pipelines.tasks import build_task_jobs
-from grace.resources.embedder import EmbedderResource
+from grace.resources.bindings import EmbedderResource
 from grace.resources.handlers import BUILTIN_IMPLEMENTATIONS
 from grace.resources.heartbeat import RunHeartbeat
 from grace.resources.lease import HeldShard, ShardLeases

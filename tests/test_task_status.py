@@ -22,8 +22,9 @@ from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobO
 from grace.core.manifest import load_manifest
 from grace.core.names import TASK_ID_TAG
 from grace.core.tasks import Task
+from grace.resources.bindings import StoreResource
 from grace.resources.schema import utc_now
-from grace.resources.store import Store, StoreResource
+from grace.resources.store import Store
 from grace.resources.taskbook import FAILED, QUEUED, RECEIVED, STARTED, SUCCEEDED
 from grace.sensors import task_status
 from grace.sensors.task_status import RETRY_WAIT, build_task_status_sensor, follow_runs

@@ -105,6 +105,17 @@ class EmbeddingConfig(Section):
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="cpu or cuda")
     batch_size: int = Field(default=32, ge=1, le=1024, description="chunks per forward pass")
+    backend: Literal["torch", "onnx-int8"] = Field(
+        default="onnx-int8",
+        description="onnx-int8: an int8 ONNX copy of the model, CPU only, built once into state_dir, no torch "
+        "at run time; or torch: sentence-transformers on PyTorch",
+    )
+
+    @model_validator(mode="after")
+    def _onnx_on_cpu(self) -> EmbeddingConfig:
+        if self.backend == "onnx-int8" and self.device != "cpu":
+            raise ValueError("backend onnx-int8 runs on the CPU only: set device: cpu, or backend: torch")
+        return self
 
 
 class RebuildConfig(Section):
@@ -117,6 +128,17 @@ class RebuildConfig(Section):
         description="rebuild once pending + tombstoned vectors pass this share of the shard",
     )
     cron: str = Field(default="0 * * * *", description="rebuild every shard on this schedule")
+    inline_max_delta: int = Field(
+        default=1000,
+        ge=0,
+        description="an ingest run rebuilds its shard's index itself, before it ends, when at most this many "
+        "vectors are pending or tombstoned (0: never); bigger deltas go to the rebuild_index job",
+    )
+    inline_max_vectors: int = Field(
+        default=50_000,
+        ge=0,
+        description="...and the shard holds at most this many vectors: a rebuild costs in proportion to the shard",
+    )
 
     _cron = field_validator("cron")(validate_cron)
 
@@ -141,6 +163,11 @@ class WatchConfig(Section):
         default=300,
         ge=10,
         description="full scan of every folder this often (and at startup), to catch missed events",
+    )
+    push: bool = Field(
+        default=True,
+        description="true (needs events): a file event launches its shard's ingest run at once through the "
+        "webserver, instead of at the sensor's next tick",
     )
 
 

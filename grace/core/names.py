@@ -61,3 +61,8 @@ def ingest_tags(
 def rebuild_tags(shard: int, reason: str, listed_origins: Collection[str]) -> dict[str, str]:
     """Tags of a shard's index rebuild run."""
     return {**origin_tags(INDEX_ORIGIN, listed_origins), SHARD_TAG: str(shard), REBUILD_REASON_TAG: reason}
+
+
+# Set by `grace dev` for the processes it starts: host:port of the webserver that push launches through.
+WEBSERVER_ENV = "GRACE_WEBSERVER"
+CODE_LOCATION = "grace"  # the workspace's location name, which launches through the webserver name
