@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/embed_quality.py
 	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/routing.py

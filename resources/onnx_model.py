@@ -248,6 +248,7 @@ def _quiet_root_logger() -> Iterator[None]:
 def _export(source_dir: Path, output: Path) -> None:
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
     class HiddenStates(torch.nn.Module):
         """The transformer with positional inputs and only the token embeddings out."""
@@ -263,6 +264,7 @@ def _export(source_dir: Path, output: Path) -> None:
 
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(key, "1")
+    transformers_logging.disable_progress_bar()  # its 'Loading weights' bar ignores HF_HUB_DISABLE_PROGRESS_BARS
     model = AutoModel.from_pretrained(
         str(source_dir), local_files_only=True, attn_implementation=BUILD_SETTINGS["attention"]
     )
