@@ -14,22 +14,19 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     Config,
-    DefaultScheduleStatus,
     JobDefinition,
     MaterializeResult,
     MetadataValue,
-    RunRequest,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
     asset,
     define_asset_job,
     in_process_executor,
-    schedule,
 )
 from pydantic import Field
 
 from grace.core.manifest import Manifest
 from grace.core.names import origin_tags
+from grace.pipelines.cron import utc_cron_schedule
 from grace.resources.bindings import KeyVaultResource
 from grace.resources.handlers import rotate_and_rewrap
 from grace.resources.key_tables import KeyStatus, aware_utc
@@ -177,15 +174,9 @@ def build_rotate_keys_job(manifest: Manifest, key_assets: list[AssetsDefinition]
 
 
 def build_rotate_keys_schedule(manifest: Manifest, rotate_keys_job: JobDefinition) -> ScheduleDefinition:
-    @schedule(
-        name="rotate_keys_schedule",
-        job=rotate_keys_job,
-        cron_schedule=manifest.keys.cron,
-        execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Runs rotate_keys on keys.cron: rotation happens only when the primary is due.",
+    return utc_cron_schedule(
+        "rotate_keys_schedule",
+        rotate_keys_job,
+        manifest.keys.cron,
+        "Runs rotate_keys on keys.cron: rotation happens only when the primary is due.",
     )
-    def rotate_keys_schedule(context: ScheduleEvaluationContext) -> RunRequest:
-        return RunRequest(run_key=context.scheduled_execution_time.isoformat())
-
-    return rotate_keys_schedule

@@ -4,21 +4,18 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
-    DefaultScheduleStatus,
     JobDefinition,
     MaterializeResult,
     MetadataValue,
-    RunRequest,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
     define_asset_job,
     in_process_executor,
     multi_asset,
-    schedule,
 )
 
 from grace.core.manifest import Manifest
 from grace.core.names import ROUTING_ORIGIN, ROUTING_STATS_JOB, origin_tags
+from grace.pipelines.cron import utc_cron_schedule
 from grace.resources.bindings import StoreResource
 from grace.resources.routing_stats import routing_stats
 
@@ -85,18 +82,10 @@ def build_routing_stats_job(stats_asset: AssetsDefinition) -> JobDefinition:
 
 
 def build_routing_stats_schedule(manifest: Manifest, stats_job: JobDefinition) -> ScheduleDefinition:
-    @schedule(
-        name="routing_stats_schedule",
-        job=stats_job,
-        cron_schedule=manifest.routing.stats_cron,
-        execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Materializes routing_stats on routing.stats_cron.",
+    return utc_cron_schedule(
+        "routing_stats_schedule",
+        stats_job,
+        manifest.routing.stats_cron,
+        "Materializes routing_stats on routing.stats_cron.",
+        tags=origin_tags(ROUTING_ORIGIN, manifest.routing.origins),
     )
-    def routing_stats_schedule(context: ScheduleEvaluationContext) -> RunRequest:
-        return RunRequest(
-            run_key=context.scheduled_execution_time.isoformat(),
-            tags=origin_tags(ROUTING_ORIGIN, manifest.routing.origins),
-        )
-
-    return routing_stats_schedule
