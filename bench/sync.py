@@ -74,9 +74,15 @@ def part_two(big: int) -> None:
         deployment = Deployment(Path(folder), None, HashingEmbedderResource(), shards=4, max_bytes="20MB", events=True)
         for number in range(big):
             deployment.drop(f"d{number // 1000:03d}/f{number:06d}.txt", f"file {number}")
-        started = time.perf_counter()
-        deployment.tick()
-        print(f"{big} files, first tick (discover and hash all, record rows): {time.perf_counter() - started:.1f} s")
+        ticks = []
+        while not ticks or json.loads(deployment.cursors["watch_docs"])["scan_unfinished"]:
+            started = time.perf_counter()
+            deployment.tick()
+            ticks.append(time.perf_counter() - started)
+        print(
+            f"{big} files, first scan (size and mtime, record rows): {sum(ticks):.1f} s over {len(ticks)} ticks, "
+            f"longest {max(ticks):.2f} s"
+        )
         deployment.tick()  # forgets the change events the first tick requested
         full = []
         for _ in range(3):

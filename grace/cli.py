@@ -255,6 +255,12 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"index damaged: {row['index_problem']}; searched exactly until rebuild_index rebuilds it")
     for item in stats["quarantined"]:
         print(f"quarantined {item['source']}/{item['path']}: {item['reason']}")
+    if stats["reembedding"]:
+        progress = stats["reembedding"]
+        print(
+            f"re-embedding for {progress['target_model_id']}: {progress['chunks_left']} of {progress['chunks']} chunks "
+            f"left; search answers from {stats['model_id']} until then"
+        )
     return 0
 
 

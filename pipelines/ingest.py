@@ -3,6 +3,7 @@ so runs that repeat or overlap converge, and a killed run is finished by the nex
 Every step requires shard_lease, so a run holds its shard's lease however it was launched."""
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from dagster import (
@@ -16,12 +17,14 @@ from dagster import (
 )
 
 from grace.core.failpoints import failpoint
-from grace.core.manifest import Manifest
+from grace.core.manifest import Manifest, SourceConfig
 from grace.resources.bindings import EmbedderResource, StoreResource
+from grace.resources.chunk_writes import ChunkCut
 from grace.resources.chunking import chunker_for
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
 from grace.resources.reading import read_document
 from grace.resources.schema import NewChunk
+from grace.resources.store_text import TextToChunk
 
 BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
@@ -47,11 +50,13 @@ def build_ingest_assets(
     ) -> MaterializeResult:
         grace_store = store.get()
         shard = int(context.partition_key)
-        active, quarantined, removed, vanished = [], [], [], []
-        for row in grace_store.unprocessed_documents(shard, shard_count):
+        active, quarantined, vanished, unchanged = [], [], [], 0
+        to_read = grace_store.documents_to_read(shard, shard_count)
+        removed = grace_store.purge_deleted([row.id for row in to_read if row.status == "deleted"])
+        # Committed a batch at a time: a kill loses at most the batch being read.
+        reads = grace_store.recording_reads(after_commit=lambda: failpoint("documents.after_one"))
+        for row in to_read:
             if row.status == "deleted":
-                grace_store.purge_document(row.id)
-                removed.append(row.path)
                 continue
             source = sources.get(row.source)
             if source is None:
@@ -61,18 +66,22 @@ def build_ingest_assets(
             if result is None:
                 vanished.append(row.path)  # the next sensor tick records the deletion
             elif result.problem:
-                grace_store.quarantine_document(row.id, result.content_hash, result.problem)
+                reads.quarantine(row, result.content_hash, result.problem)
                 context.log.warning(f"quarantined {source.path / row.path}: {result.problem}")
                 quarantined.append(f"{row.path}: {result.problem}")
+            elif result.content_hash == row.processed_hash and row.status == "active":
+                reads.confirm(row, result.content_hash)  # touched, not edited: its chunks stand
+                unchanged += 1
             else:
-                grace_store.set_document_text(row.id, result.content_hash, result.text)
+                reads.activate(row, result.content_hash, result.text)
                 active.append(row.path)
-            failpoint("documents.after_one")
+        reads.flush()
         return MaterializeResult(
             metadata={
                 "read": len(active),
+                "unchanged": unchanged,
                 "quarantined": len(quarantined),
-                "removed": len(removed),
+                "removed": removed,
                 "vanished_before_read": len(vanished),
                 "quarantine_reasons": MetadataValue.md(_bullets(quarantined)),
                 "read_paths": MetadataValue.md(_bullets(active)),
@@ -99,27 +108,39 @@ def build_ingest_assets(
         shard = int(context.partition_key)
         # Stages a dead run cut from text that has changed since would never publish.
         discarded = grace_store.discard_stale_stages(shard, shard_count, chunker.settings_key)
-        published, staged, largest = 0, 0, 0
-        for document_id, text_hash, text in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
-            pieces = chunker.split(text)
-            largest = max([largest] + [piece.token_count for piece in pieces])
+        released = grace_store.release_chunked_texts(shard, shard_count, chunker.settings_key)
+        published, staged, largest, reread, changed = 0, 0, 0, 0, []
+        for page in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
+            cuts = []
+            for document in page:
+                text = document.text if document.text is not None else _text_from_file(document, sources)
+                if text is None:
+                    # Changed or gone since it was read: the documents step reads it anew once a scan sees it.
+                    changed.append(document.path)
+                    continue
+                reread += document.text is None
+                pieces = chunker.split(text)
+                largest = max([largest] + [piece.token_count for piece in pieces])
+                new_chunks = [
+                    NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)
+                ]
+                cuts.append(ChunkCut(document.document_id, document.text_hash, new_chunks))
             # An edit's new chunks wait for their embeddings; the old ones stay searchable until then.
-            live_now = grace_store.stage_chunks(
-                document_id,
-                text_hash,
-                [NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)],
-                chunker.settings_key,
-                model.model_id,
-            )
-            published += live_now
-            staged += not live_now
+            live_now = grace_store.stage_chunks_many(cuts, chunker.settings_key, model.model_id)
+            published += sum(live_now)
+            staged += len(live_now) - sum(live_now)
             failpoint("chunks.after_one")
+        if changed:
+            context.log.info(f"{len(changed)} documents not re-chunked: their files changed since they were read")
         return MaterializeResult(
             metadata={
                 "documents_chunked": published + staged,
                 "published_at_once": published,
                 "staged_for_embeddings": staged,
+                "reread_from_files": reread,
+                "changed_since_read": MetadataValue.md(_bullets(changed)),
                 "stale_stages_discarded": discarded,
+                "stored_texts_released": released,
                 "largest_chunk_tokens": largest,
                 "max_tokens": manifest.chunking.max_tokens,
             }
@@ -143,30 +164,45 @@ def build_ingest_assets(
     ) -> MaterializeResult:
         grace_store, model = store.get(), embedder.get()
         shard = int(context.partition_key)
-        todo = grace_store.chunks_to_embed(shard, shard_count, model.model_id)
-        others = grace_store.vectors_from_other_models([chunk_hash for chunk_hash, _text in todo], model.model_id)
-        if others:
-            context.log.warning(
-                f"re-embedding {len(todo)} chunks with {model.model_id}: the store has vectors of "
-                + ", ".join(f"{count} of them from {other}" for other, count in sorted(others.items()))
-                + " (embedding.model or embedding.backend changed in grace.yaml). Vectors of two models never "
-                "mix: until every shard is re-embedded, search covers the chunks done so far."
-            )
         started = time.perf_counter()
+        embedded, others = 0, Counter()
+        # One page per commit, saved before the next is read: a hash is embedded once, and a kill
+        # loses at most a page.
         group_size = model.batch_size * BATCHES_PER_COMMIT
-        for first in range(0, len(todo), group_size):
-            group = todo[first : first + group_size]
-            vectors = model.encode([text for _hash, text in group])
-            grace_store.save_embeddings(model.model_id, [chunk_hash for chunk_hash, _text in group], vectors)
+        for group in grace_store.chunks_to_embed(shard, shard_count, model.model_id, group_size):
+            hashes = [chunk_hash for chunk_hash, _text in group]
+            found = grace_store.vectors_from_other_models(hashes, model.model_id)
+            if found and not others:
+                context.log.info(f"other models have vectors of these chunks: re-embedding with {model.model_id}")
+            others.update(found)
+            grace_store.save_embeddings(model.model_id, hashes, model.encode([text for _hash, text in group]))
+            embedded += len(group)
             failpoint("embeddings.after_group")
         seconds = time.perf_counter() - started
+        if others:
+            context.log.warning(
+                f"re-embedding {embedded} chunks with {model.model_id}: the store has vectors of "
+                + ", ".join(f"{count} of them from {other}" for other, count in sorted(others.items()))
+                + " (embedding.model or embedding.backend changed in grace.yaml). Vectors of two models never "
+                "mix: search answers from the model it served before until every shard is re-embedded."
+            )
         published = grace_store.publish_staged(shard, shard_count, model.model_id)
+        replaced = grace_store.promote_when_complete(model.model_id)
+        if replaced:
+            context.log.info(
+                f"every live chunk has a vector of {model.model_id}: search now answers from it, not {replaced}"
+            )
+        serving = grace_store.serving_model(model.model_id)
+        # While re-embedding, what is left across every shard: the progress a user watches.
+        left = grace_store.chunks_lacking(model.model_id) if serving != model.model_id else 0
         return MaterializeResult(
             metadata={
-                "embedded": len(todo),
+                "serving_model_id": serving,
+                "reembedding_chunks_left": left,
+                "embedded": embedded,
                 "documents_published": published,
                 "seconds": round(seconds, 3),
-                "chunks_per_second": round(len(todo) / seconds, 2) if todo and seconds else 0.0,
+                "chunks_per_second": round(embedded / seconds, 2) if embedded and seconds else 0.0,
                 "model_id": model.model_id,
                 "reembedded_from_other_models": sum(others.values()),
             }
@@ -179,3 +215,13 @@ def _bullets(lines: list[str]) -> str:
     shown = "\n".join(f"- {line}" for line in lines[:LISTED])
     extra = len(lines) - LISTED
     return shown + (f"\n- … and {extra} more" if extra > 0 else "") if lines else "(none)"
+
+
+def _text_from_file(document: TextToChunk, sources: dict[str, SourceConfig]) -> str | None:
+    """The text of a document whose text the store no longer holds, read from its file again;
+    None if the file is gone or no longer what the document's chunks must be cut from."""
+    source = sources.get(document.source)
+    if source is None:
+        return None
+    read = read_document(source.path, document.path, int(source.max_bytes))
+    return read.text if read is not None and read.content_hash == document.text_hash else None

@@ -4,8 +4,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from grace.resources.shard_status import shard_view, usable
 from grace.resources.store import Store
-from grace.resources.vector_index import IndexCorrupt, ShardedIndex
+from grace.resources.vector_index import IndexCorrupt, LoadedIndex, ShardedIndex
 
 VECTOR_TOLERANCE = 1e-5
 VECTORS_COMPARED = 2000  # per shard, spread over the index; the checksum already covers every byte
@@ -20,16 +21,17 @@ class ShardConsistency:
     vectors_compared: int = 0
 
     @property
-    def exact(self) -> bool:
-        return not self.problems and self.orphans == 0 and self.missing == 0
+    def stale(self) -> bool:
+        """Behind the store, which the next rebuild fixes: not a failure."""
+        return self.orphans > 0 or self.missing > 0
 
 
-def check_shard(
-    store: Store, index: ShardedIndex, shard: int, searchable: np.ndarray, model_id: str
-) -> ShardConsistency:
-    """Verify a shard's files (checksum, counts, model), count orphan and missing vectors exactly,
-    and compare indexed vectors with the store's (all of them, up to VECTORS_COMPARED)."""
+def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardConsistency:
+    """Verify a shard's files (checksum, counts, model), count orphan and missing vectors with a pass
+    over the shard, check that the change log search relies on agrees with that pass, and compare
+    indexed vectors with the store's (all of them, up to VECTORS_COMPARED)."""
     report = ShardConsistency(shard)
+    searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
     try:
         loaded = index.verify(shard)
     except IndexCorrupt as error:
@@ -45,6 +47,10 @@ def check_shard(
         return report
     report.orphans = len(np.setdiff1d(loaded.chunk_ids, searchable))
     report.missing = len(np.setdiff1d(searchable, loaded.chunk_ids))
+    if usable(loaded.meta, model_id, store.layout_epoch(index.shards)):
+        disagreement = _change_log_disagreement(store, index, shard, model_id, loaded, searchable)
+        if disagreement:
+            report.problems.append(f"shard {shard}: {disagreement}")
     both = np.intersect1d(loaded.chunk_ids, searchable)
     if len(both) > VECTORS_COMPARED:
         both = both[np.linspace(0, len(both) - 1, VECTORS_COMPARED).astype(np.int64)]
@@ -58,3 +64,24 @@ def check_shard(
             report.problems.append(f"shard {shard}: {len(wrong)} vectors differ from the store (first {first})")
         report.vectors_compared = len(ids)
     return report
+
+
+def _change_log_disagreement(
+    store: Store, index: ShardedIndex, shard: int, model_id: str, loaded: LoadedIndex, searchable: np.ndarray
+) -> str | None:
+    """Whether search's view of the shard (index + change log) differs from a pass over it.
+
+    A sensor may record a change between the two reads, so a difference is read again before
+    it is reported.
+    """
+    for _attempt in range(3):
+        view = shard_view(store, index, shard, model_id)
+        expected_pending = np.setdiff1d(searchable, loaded.chunk_ids)
+        expected_tombstoned = np.setdiff1d(loaded.chunk_ids, searchable)
+        if np.array_equal(view.pending, expected_pending) and np.array_equal(view.tombstoned, expected_tombstoned):
+            return None
+        searchable = store.embedded_chunk_ids(shard, index.shards, model_id)
+    return (
+        f"the change log shows {len(view.pending)} pending and {len(view.tombstoned)} tombstoned chunks, a pass "
+        f"over the shard {len(expected_pending)} and {len(expected_tombstoned)}: rebuild the shard"
+    )

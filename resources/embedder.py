@@ -122,3 +122,18 @@ class Embedder:
 def shared_embedder(model: str, device: str, batch_size: int, backend: str = "torch", cache_root: str = "") -> Embedder:
     """One Embedder per process and configuration, so a run loads the model once."""
     return Embedder(model, device, batch_size, backend, Path(cache_root) if cache_root else None)
+
+
+def embedder_for_model_id(model_id: str, like: Embedder) -> Embedder | None:
+    """The embedder whose vectors carry model_id, set up like `like`; None if this Grace cannot
+    make it (a model or model version that is not installed)."""
+    name, _, rest = model_id.partition("@")
+    backend = rest.rpartition("/")[2]
+    if name not in MODELS or backend not in BACKENDS:
+        return None
+    device = "cpu" if backend == ONNX_BACKEND else like.device
+    cache_root = str(like.cache_root) if like.cache_root else ""
+    if backend == ONNX_BACKEND and not cache_root:
+        return None
+    candidate = shared_embedder(name, device, like.batch_size, backend, cache_root)
+    return candidate if candidate.model_id == model_id else None

@@ -166,7 +166,7 @@ def search(payload: SearchPayload, context: TaskContext) -> dict:
 def reindex(payload: ReindexPayload, context: TaskContext) -> dict:
     """Rebuild the named shards (default: all), each while holding its lease, as the vector_index asset does."""
     store, index = context.services["store"], context.services["vector_index"]
-    model_id = context.services["embedder"].model_id
+    model_id = store.serving_model(context.services["embedder"].model_id)
     instance = context.services.get("instance")
     ended = (lambda holder: run_has_ended(instance, holder)) if instance is not None else (lambda _holder: False)
     leases = ShardLeases(store.engine)

@@ -70,9 +70,7 @@ class ShardLeases:
                     where=(shard_leases.c.run_id == run_id) | (shard_leases.c.expires_at < now),
                 )
             )
-            holder = connection.execute(
-                select(shard_leases.c.run_id).where(shard_leases.c.shard == shard)
-            ).scalar_one()
+            holder = connection.execute(select(shard_leases.c.run_id).where(shard_leases.c.shard == shard)).scalar_one()
         return None if holder == run_id else holder
 
     def renew(self, shard: int, run_id: str, now: datetime | None = None) -> bool:

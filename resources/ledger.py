@@ -2,8 +2,9 @@
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Engine, bindparam, delete, insert, select, union, update
+from sqlalchemy import Engine, bindparam, case, delete, insert, select, union, update
 
+from grace.resources.layout import ShardLayout
 from grace.resources.schema import (
     DocumentRow,
     ObservedFile,
@@ -14,18 +15,18 @@ from grace.resources.schema import (
     document_rows,
     documents,
     lacks_embedding,
+    leave_search,
     needs_chunking,
     needs_processing,
     new_document_ids,
     purge_document,
-    record_change,
     shard_key_of,
     staged_chunks,
     utc_now,
 )
 
 
-class Ledger:
+class Ledger(ShardLayout):
     """The sensor side of the store; Store adds what the pipeline steps read and write."""
 
     engine: Engine
@@ -44,25 +45,21 @@ class Ledger:
         touched: Sequence[ObservedFile],
         moved: Sequence[tuple[str, str]],
         deleted: Sequence[str],
+        shards: int,
     ) -> int:
         """Apply what a scan found in one transaction; return the number of change events.
 
         changed: new or different content. touched: same content, new size/mtime.
         moved: (old path, new path) with identical content. deleted: paths gone from disk.
         A row that vanished since the scan read it (an ingest run purged it) is recorded
-        as a new pending document, never lost.
+        as a new pending document, never lost. Rows are written a statement per batch, not
+        per file: a first scan records a whole folder.
         """
+        self.layout_epoch(shards)
         now = utc_now()
-        events = 0
-        unknown: list[ObservedFile] = []  # files with no row (new, or purged since the scan)
         involved = {path for pair in moved for path in pair} | set(deleted) | {o.path for o in [*changed, *touched]}
         with self.writer.begin() as connection:
-            by_path = {}
-            for batch in batches(sorted(involved), 500):
-                query = select(documents.c.id, documents.c.path, documents.c.status).where(
-                    documents.c.source == source, documents.c.path.in_(batch)
-                )
-                by_path.update({row.path: row for row in connection.execute(query)})
+            by_path = _locked_rows(connection, source, sorted(involved))
             for old_path, new_path in moved:
                 stale = by_path.get(new_path)
                 if stale is not None:
@@ -73,44 +70,48 @@ class Ledger:
                     .where(documents.c.source == source, documents.c.path == old_path)
                     .values(path=new_path, updated_at=now)
                 )
-            unknown += _touch(connection, source, touched, now)
-            for path in deleted:
-                row = by_path.get(path)
-                if row is None:
-                    continue  # already purged: nothing is left to hide
+            unknown = _touch(connection, source, touched, now)
+            gone = [by_path[path].id for path in deleted if path in by_path]  # the others are purged already
+            for batch in batches(gone, 500):
+                leave_search(connection, chunks.c.document_id.in_(batch))
                 connection.execute(
-                    update(documents).where(documents.c.id == row.id).values(status="deleted", updated_at=now)
+                    update(documents).where(documents.c.id.in_(batch)).values(status="deleted", updated_at=now)
                 )
-                events += record_change(connection, source, row.id, 0, now)
-            for observed in changed:
-                row = by_path.get(observed.path)
-                values = dict(
-                    size=observed.size, mtime_ns=observed.mtime_ns, disk_hash=observed.disk_hash, updated_at=now
+            rewritten = [(by_path[o.path].id, o) for o in changed if o.path in by_path]
+            unknown += [o for o in changed if o.path not in by_path]
+            if rewritten:
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.id == bindparam("document_id"))
+                    .values(
+                        size=bindparam("new_size"),
+                        mtime_ns=bindparam("new_mtime"),
+                        disk_hash=bindparam("new_hash"),
+                        status=case((documents.c.status == "deleted", "pending"), else_=documents.c.status),
+                        updated_at=now,
+                    ),
+                    [
+                        dict(document_id=i, new_size=o.size, new_mtime=o.mtime_ns, new_hash=o.disk_hash)
+                        for i, o in rewritten
+                    ],
                 )
-                if row is not None:
-                    if row.status == "deleted":
-                        values["status"] = "pending"
-                    updated = connection.execute(update(documents).where(documents.c.id == row.id).values(**values))
-                    if updated.rowcount == 1:
-                        events += record_change(connection, source, row.id, observed.size, now)
-                        continue
-                unknown.append(observed)
-            events += _record_new(connection, source, unknown, now)
-        return events
+            _record_changes(connection, source, [(i, 0) for i in gone] + [(i, o.size) for i, o in rewritten], now)
+            return len(gone) + len(rewritten) + _record_new(connection, source, unknown, shards, now)
 
     def shards_needing_ingest(self, source: str, shards: int, settings_key: str, model_id: str) -> set[int]:
         """Shards where a source's documents still have work for the ingest job at any step."""
-        by_document = select((documents.c.shard_key % shards).label("shard")).where(
+        self.layout_epoch(shards)
+        by_document = select(documents.c.shard).where(
             documents.c.source == source, needs_processing() | needs_chunking(settings_key)
         )
         by_chunk = (
-            select((documents.c.shard_key % shards).label("shard"))
+            select(documents.c.shard)
             .join(chunks, chunks.c.document_id == documents.c.id)
             .where(documents.c.source == source, lacks_embedding(model_id))
         )
         # Staged chunks wait for the embeddings step to publish them, or the chunks step to discard them.
         by_stage = (
-            select((documents.c.shard_key % shards).label("shard"))
+            select(documents.c.shard)
             .join(staged_chunks, staged_chunks.c.document_id == documents.c.id)
             .where(documents.c.source == source)
         )
@@ -140,16 +141,16 @@ class Ledger:
 
     def pending_changes(self, source: str, after_change_id: int, shards: int) -> PendingChange:
         """Changes of a source newer than a sensor cursor, summed by shard."""
+        self.layout_epoch(shards)
         query = (
-            select(changes.c.id, changes.c.size, documents.c.shard_key)
+            select(changes.c.id, changes.c.size, documents.c.shard)
             .join(documents, documents.c.id == changes.c.document_id)
             .where(changes.c.source == source, changes.c.id > after_change_id)
         )
         last, by_shard = after_change_id, {}
         with self.engine.connect() as connection:
-            for change_id, size, shard_key in connection.execute(query):
+            for change_id, size, shard in connection.execute(query):
                 last = max(last, change_id)
-                shard = shard_key % shards
                 by_shard[shard] = by_shard.get(shard, 0) + size
         return PendingChange(last, by_shard)
 
@@ -163,13 +164,46 @@ class Ledger:
 
         They leave search at once; the next ingest run of their shard removes the rows.
         """
+        retiring = documents.c.source.not_in(list(keep)) & (documents.c.status != "deleted")
         with self.writer.begin() as connection:
+            leave_search(connection, chunks.c.document_id.in_(select(documents.c.id).where(retiring)))
             result = connection.execute(
-                update(documents)
-                .where(documents.c.source.not_in(list(keep)), documents.c.status != "deleted")
-                .values(status="deleted", updated_at=utc_now())
+                update(documents).where(retiring).values(status="deleted", updated_at=utc_now())
             )
         return result.rowcount
+
+
+def _locked_rows(connection, source: str, paths: list[str]) -> dict:
+    """id and path of the source's rows at these paths, locked until the transaction ends, so that
+    no ingest run purges one in between (SQLite's IMMEDIATE begin has locked the whole store).
+
+    Locked in id order, as the documents step locks its batches (resources/document_writes.py):
+    two transactions that take row locks in one order never deadlock.
+    """
+    ids = []
+    for batch in batches(paths, 500):
+        ids += connection.execute(
+            select(documents.c.id).where(documents.c.source == source, documents.c.path.in_(batch))
+        ).scalars()
+    found = {}
+    for batch in batches(sorted(ids), 500):
+        query = (
+            select(documents.c.id, documents.c.path)
+            .where(documents.c.id.in_(batch))
+            .order_by(documents.c.id)
+            .with_for_update()
+        )
+        found.update({row.path: row for row in connection.execute(query)})
+    return found
+
+
+def _record_changes(connection, source: str, sizes: Sequence[tuple[str, int]], now) -> None:
+    """A change event per (document id, size): what the sensor turns into run requests."""
+    if sizes:
+        connection.execute(
+            insert(changes),
+            [dict(source=source, document_id=document_id, size=size, recorded_at=now) for document_id, size in sizes],
+        )
 
 
 def _touch(connection, source: str, touched: Sequence[ObservedFile], now) -> list[ObservedFile]:
@@ -193,7 +227,7 @@ def _touch(connection, source: str, touched: Sequence[ObservedFile], now) -> lis
     return [item for item in touched if item.path not in present]
 
 
-def _record_new(connection, source: str, observed: Sequence[ObservedFile], now) -> int:
+def _record_new(connection, source: str, observed: Sequence[ObservedFile], shards: int, now) -> int:
     """Insert pending documents, and a change event each, for files the store has no row for."""
     if not observed:
         return 0
@@ -206,6 +240,7 @@ def _record_new(connection, source: str, observed: Sequence[ObservedFile], now) 
                 source=source,
                 path=item.path,
                 shard_key=shard_key_of(document_id),
+                shard=shard_key_of(document_id) % shards,
                 size=item.size,
                 mtime_ns=item.mtime_ns,
                 disk_hash=item.disk_hash,
@@ -215,11 +250,7 @@ def _record_new(connection, source: str, observed: Sequence[ObservedFile], now) 
             for document_id, item in zip(document_ids, observed)
         ],
     )
-    connection.execute(
-        insert(changes),
-        [
-            dict(source=source, document_id=document_id, size=item.size, recorded_at=now)
-            for document_id, item in zip(document_ids, observed)
-        ],
+    _record_changes(
+        connection, source, [(document_id, item.size) for document_id, item in zip(document_ids, observed)], now
     )
     return len(observed)

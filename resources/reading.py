@@ -19,6 +19,8 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_N
 # A document hash of one of these forms stands for a file that was not hashed: its cause may be
 # fixed outside the file (chmod, max_bytes, a link replaced), so scans look at it again.
 MARKER_PREFIXES = ("oversize:", "unreadable:", "refused:")
+# The hash of a file the sensor saw appear or change but did not read: the ingest run hashes it.
+UNREAD_PREFIX = "unread:"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ def refused_marker(kind: str, size: int, mtime_ns: int) -> str:
 def is_marker(disk_hash: str) -> bool:
     """True for a hash that stands for a file Grace could not or would not read."""
     return disk_hash.startswith(MARKER_PREFIXES)
+
+
+def unread_marker(size: int, mtime_ns: int) -> str:
+    """Stands in for the hash of a file not read yet; differs from every processed hash, so it is pending."""
+    return f"{UNREAD_PREFIX}{size}:{mtime_ns}"
+
+
+def is_unread(disk_hash: str) -> bool:
+    return disk_hash.startswith(UNREAD_PREFIX)
 
 
 def _oversize(size: int, mtime_ns: int, max_bytes: int) -> Refused:
@@ -96,8 +107,7 @@ def open_inside(root: Path, relative: str) -> tuple[int, os.stat_result] | None:
         opened = os.fstat(descriptor)
         _refuse_special(opened)
         real_path = _real_path(descriptor, path)
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([real_root, real_path]) != real_root:
+        if not _inside(root, path, real_path):
             raise Refused(
                 refused_marker("outside", opened.st_size, opened.st_mtime_ns),
                 f"resolves outside the watched folder (to {real_path}); a folder on its path is a link, "
@@ -107,6 +117,19 @@ def open_inside(root: Path, relative: str) -> tuple[int, os.stat_result] | None:
         os.close(descriptor)
         raise
     return descriptor, opened
+
+
+def _inside(root: Path, path: str, real_path: str) -> bool:
+    """Whether an opened file's real path lies inside root.
+
+    A real path holds no link; so if it is the path that was opened, textually inside root, no
+    folder on the way is a link, root included, and root's own realpath (an lstat per folder of
+    it, for every file read) is not needed.
+    """
+    if real_path == os.path.abspath(path) and real_path.startswith(os.path.join(os.path.abspath(root), "")):
+        return True
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, real_path]) == real_root
 
 
 def _refuse_special(seen: os.stat_result) -> None:

@@ -39,7 +39,8 @@ documents = Table(
     Column("id", String(32), primary_key=True),
     Column("source", String(64), nullable=False),
     Column("path", Text, nullable=False, doc="relative to the source folder, / separated"),
-    Column("shard_key", BigInteger, nullable=False, doc="shard = shard_key % index.shards"),
+    Column("shard_key", BigInteger, nullable=False, doc="a stable hash of the id"),
+    Column("shard", Integer, nullable=False, server_default="0", doc="shard_key % shard_layout.shards"),
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("disk_hash", String(64), nullable=False, doc="content hash last seen on disk"),
@@ -53,6 +54,7 @@ documents = Table(
     UniqueConstraint("source", "path", name="uq_documents_source_path"),
 )
 Index("ix_documents_shard_key", documents.c.shard_key)
+Index("ix_documents_shard_status", documents.c.shard, documents.c.status)
 
 chunks = Table(
     "chunks",
@@ -63,10 +65,42 @@ chunks = Table(
     Column("chunk_hash", String(64), nullable=False, index=True),
     Column("text", Text, nullable=False),
     Column("token_count", Integer, nullable=False),
+    Column("shard", Integer, nullable=False, server_default="0", doc="its document's shard"),
     # One writer per document: a second concurrent replace fails here instead of doubling chunks.
     UniqueConstraint("document_id", "ordinal", name="uq_chunks_document_ordinal"),
     # Ids are never reused: a built index may still name a deleted chunk's id.
     sqlite_autoincrement=True,
+)
+
+Index("ix_chunks_shard_id", chunks.c.shard, chunks.c.id)
+
+# Chunks that left search since their shard's index was built (see index_delta.py); a rebuild
+# clears the rows it saw.
+removed_chunks = Table(
+    "removed_chunks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("shard", Integer, nullable=False),
+    Column("chunk_id", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+Index("ix_removed_chunks_shard_id", removed_chunks.c.shard, removed_chunks.c.id)
+
+# The shard count the shard columns hold (see layout.py); epoch moves on with every re-layout.
+shard_layout = Table(
+    "shard_layout",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False, doc="always 1"),
+    Column("shards", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+)
+
+# Small named values of the store: serving_model, the model whose vectors search answers from.
+store_settings = Table(
+    "store_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 # An edit's new chunks wait here until all their embeddings exist, then replace the live
@@ -252,14 +286,26 @@ def lacks_embedding(model_id: str) -> ColumnElement[bool]:
     return (documents.c.status == "active") & ~has_embedding(model_id)
 
 
-def record_change(connection, source: str, document_id: str, size: int, now: datetime) -> int:
-    connection.execute(insert(changes).values(source=source, document_id=document_id, size=size, recorded_at=now))
-    return 1
+def remove_chunks(connection, which: ColumnElement[bool]) -> None:
+    """Delete the chunks matching which, logging them as removed for their shard's index."""
+    leave_search(connection, which)
+    connection.execute(delete(chunks).where(which))
+
+
+def leave_search(connection, which: ColumnElement[bool]) -> None:
+    """Log chunks that stop being searchable (deleted, or their document left) for their shard's index.
+
+    Every way a chunk leaves search goes through here, so that a shard's tombstones are the
+    logged chunks its index still holds, and never a pass over the shard.
+    """
+    connection.execute(
+        insert(removed_chunks).from_select(["shard", "chunk_id"], select(chunks.c.shard, chunks.c.id).where(which))
+    )
 
 
 def purge_document(connection, document_id: str) -> None:
     connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
-    connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
+    remove_chunks(connection, chunks.c.document_id == document_id)
     connection.execute(delete(changes).where(changes.c.document_id == document_id))
     connection.execute(delete(documents).where(documents.c.id == document_id))
 
@@ -277,10 +323,6 @@ def new_document_ids(connection, source: str, paths: list[str]) -> list[str]:
         _free_salted_id(connection, source, path) if choice in taken else choice
         for path, choice in zip(paths, first_choices)
     ]
-
-
-def new_document_id(connection, source: str, path: str) -> str:
-    return new_document_ids(connection, source, [path])[0]
 
 
 def _free_salted_id(connection, source: str, path: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from grace.resources.embedder import Embedder
+from grace.resources.embedder import Embedder, embedder_for_model_id
 from grace.resources.shard_status import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.store import Store
 from grace.resources.vector_index import ShardedIndex
@@ -43,13 +43,32 @@ class Searcher:
         query, replaced = repair_query(query)
         if replaced:
             warnings.warn(f"the query was not valid Unicode; searching for {query!r} instead", UnicodeWarning, 2)
-        vector = self.embedder.encode([query])[0]
-        return self.search_vector(vector, k)
+        serving = self.serving_embedder()
+        return self.search_vector(serving.encode([query])[0], k, serving.model_id)
 
-    def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+    def serving_embedder(self) -> Embedder:
+        """The embedder of the model search answers from (see serving_model.py): the configured one,
+        or during a re-embedding for it, the model served before, which the old vectors need."""
+        serving = self.store.serving_model(self.embedder.model_id)
+        if serving == self.embedder.model_id:
+            return self.embedder
+        previous = embedder_for_model_id(serving, self.embedder)
+        if previous is None:
+            warnings.warn(
+                f"the store serves {serving} while it re-embeds for {self.embedder.model_id}, and this Grace cannot "
+                f"load {serving}: searching only the chunks re-embedded so far",
+                RuntimeWarning,
+                2,
+            )
+            return self.embedder
+        return previous
+
+    def search_vector(self, vector: np.ndarray, k: int, model_id: str | None = None) -> list[SearchHit]:
+        """The k chunks nearest to an encoded query, from model_id's vectors (by default the serving model's)."""
+        model_id = model_id or self.store.serving_model(self.embedder.model_id)
         ids, scores = [], []
-        for view in shard_views(self.store, self.index, self.embedder.model_id):
-            shard_ids, shard_scores = self._shard_candidates(view, vector, k)
+        for view in shard_views(self.store, self.index, model_id):
+            shard_ids, shard_scores = self._shard_candidates(view, vector, k, model_id)
             ids.append(shard_ids)
             scores.append(shard_scores)
         all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
@@ -64,16 +83,18 @@ class Searcher:
                 )
         return results
 
-    def _shard_candidates(self, view: ShardView, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _shard_candidates(
+        self, view: ShardView, vector: np.ndarray, k: int, model_id: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if view.index is not None:
             # Asking for k + tombstoned (nearest() raises the budget to match) guarantees
             # min(k, live indexed) live ids: Annoy returns every item it was asked for.
-            ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k)
-            alive = np.isin(ids, view.searchable)
+            ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k_per_shard)
+            alive = ~np.isin(ids, view.tombstoned)
             ids, scores = ids[alive], scores[alive]
         if len(view.pending):
-            pending_ids, vectors = self.store.vectors_of(view.pending, self.embedder.model_id)
+            pending_ids, vectors = self.store.vectors_of(view.pending, model_id)
             ids = np.concatenate([ids, pending_ids])
             scores = np.concatenate([scores, vectors @ vector.astype(np.float32)])
         return ids, scores.astype(np.float32)
@@ -89,8 +110,10 @@ def repair_query(query: str) -> tuple[str, bool]:
     return repaired, replaced > 0
 
 
-def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
-    """Per-shard and total counts; every number is recomputed from the tables and index files."""
+def index_stats(store: Store, index: ShardedIndex, target_model_id: str) -> dict:
+    """Per-shard and total counts of the serving model's vectors, recomputed from the tables and
+    index files, and the progress of a re-embedding for target_model_id if one is under way."""
+    model_id = store.serving_model(target_model_id)
     shards = []
     for view in shard_views(store, index, model_id):
         shard = view.shard
@@ -98,7 +121,7 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
         shards.append(
             {
                 "shard": shard,
-                "total_embeddings": len(view.searchable),
+                "total_embeddings": view.total,
                 "indexed_embeddings": view.indexed,
                 "pending": len(view.pending),
                 "tombstoned": len(view.tombstoned),
@@ -114,7 +137,17 @@ def index_stats(store: Store, index: ShardedIndex, model_id: str) -> dict:
     for row in [*shards, total]:
         row["stale_fraction"] = stale_fraction(row["pending"], row["tombstoned"], row["total_embeddings"])
     quarantined = [{"source": source, "path": path, "reason": reason} for source, path, reason in store.quarantined()]
-    return {"model_id": model_id, "shards": shards, "total": total, "quarantined": quarantined}
+    reembedding = None
+    if model_id != target_model_id:
+        left = store.chunks_lacking(target_model_id)
+        reembedding = {"target_model_id": target_model_id, "chunks_left": left, "chunks": total["chunks"]}
+    return {
+        "model_id": model_id,
+        "reembedding": reembedding,
+        "shards": shards,
+        "total": total,
+        "quarantined": quarantined,
+    }
 
 
 def hit_dict(hit: SearchHit) -> dict:

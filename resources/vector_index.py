@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +32,18 @@ class IndexVersion:
     index_sha256: str
     built_at: float
     index_bytes: int | None = None  # absent from pointers written before sizes were recorded
+    # What the build saw (see index_delta.py); absent from pointers of Grace 0.4 and older.
+    high_water: int | None = None
+    unsearchable_file: str | None = None
+    layout_epoch: int | None = None
 
 
 @dataclass(frozen=True)
 class LoadedIndex:
     meta: IndexVersion
     annoy: AnnoyIndex | None  # None for an empty shard
-    chunk_ids: np.ndarray  # position in the index -> chunk id
+    chunk_ids: np.ndarray  # position in the index -> chunk id, ascending
+    unsearchable_at_build: np.ndarray  # ids at or below meta.high_water that were not searchable
 
     def nearest(self, query: np.ndarray, count: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, cosine similarities) of the count nearest items, best first.
@@ -70,6 +75,12 @@ class ShardedIndex:
         self.trees = trees
         self.search_k = search_k
 
+    @property
+    def search_k_per_shard(self) -> int:
+        """index.search_k is the budget of one query: the shards share it, so a query over N
+        shards of n/N vectors examines as many nodes as one over a single index of n."""
+        return -(-self.search_k // self.shards)
+
     def shard_dir(self, shard: int) -> Path:
         return self.root / f"shard-{shard:03d}"
 
@@ -81,12 +92,31 @@ class ShardedIndex:
         except (ValueError, TypeError) as error:
             raise IndexCorrupt(f"shard {shard}: unreadable {POINTER}: {error}") from error
 
-    def build(self, shard: int, chunk_ids: np.ndarray, vectors: np.ndarray, model_id: str) -> IndexVersion:
-        """Build a new index version from scratch and make it current in one rename."""
+    def build(
+        self,
+        shard: int,
+        chunk_ids: np.ndarray,
+        vectors: np.ndarray,
+        model_id: str,
+        *,
+        high_water: int | None = None,
+        unsearchable: np.ndarray | None = None,
+        layout_epoch: int | None = None,
+    ) -> IndexVersion:
+        """Build a new index version from scratch (chunk_ids ascending) and make it current in one rename.
+
+        high_water, unsearchable and layout_epoch record what the store looked like (see
+        index_delta.py); by default the highest id, nothing unsearchable and no layout.
+        """
+        if high_water is None:
+            high_water = int(chunk_ids.max()) if len(chunk_ids) else 0
+        if unsearchable is None:
+            unsearchable = np.empty(0, dtype=np.int64)
         folder = self.shard_dir(shard)
         folder.mkdir(parents=True, exist_ok=True)
         version = f"{time.time_ns():020d}"
         index_file, ids_file = f"v{version}.ann", f"v{version}.ids.npy"
+        unsearchable_file = f"v{version}.unsearchable.npy"
         dimension = int(vectors.shape[1]) if len(chunk_ids) else 0
         digest, size = "", 0
         if len(chunk_ids):
@@ -98,6 +128,7 @@ class ShardedIndex:
             annoy.unload()
             digest, size = file_sha256(folder / index_file), (folder / index_file).stat().st_size
         _write_atomically(folder / ids_file, lambda tmp: _save_ids(tmp, chunk_ids))
+        _write_atomically(folder / unsearchable_file, lambda tmp: _save_ids(tmp, unsearchable))
         meta = IndexVersion(
             version=version,
             model_id=model_id,
@@ -108,6 +139,9 @@ class ShardedIndex:
             index_sha256=digest,
             built_at=time.time(),
             index_bytes=size,
+            high_water=int(high_water),
+            unsearchable_file=unsearchable_file,
+            layout_epoch=layout_epoch,
         )
         failpoint("index.before_swap")
         _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
@@ -163,6 +197,7 @@ class ShardedIndex:
 def _open_version(folder: str, meta: IndexVersion, trust_stamp: bool = True) -> LoadedIndex:
     """Check a version's files against its pointer (size, checksum, item counts), then map it."""
     chunk_ids = np.load(Path(folder) / meta.ids_file)
+    unsearchable = np.load(Path(folder) / meta.unsearchable_file) if meta.unsearchable_file else np.empty(0, np.int64)
     if len(chunk_ids) != meta.items:
         raise IndexCorrupt(f"{meta.ids_file} holds {len(chunk_ids)} ids, the pointer says {meta.items}")
     annoy = None
@@ -181,7 +216,7 @@ def _open_version(folder: str, meta: IndexVersion, trust_stamp: bool = True) -> 
             raise
         if annoy.get_n_items() != meta.items:
             raise IndexCorrupt(f"{meta.index_file} holds {annoy.get_n_items()} items, the pointer says {meta.items}")
-    return LoadedIndex(meta, annoy, chunk_ids)
+    return LoadedIndex(meta, annoy, chunk_ids, unsearchable)
 
 
 def _check_sha256(path: Path, meta: IndexVersion, trust_stamp: bool) -> None:
@@ -192,11 +227,27 @@ def _check_sha256(path: Path, meta: IndexVersion, trust_stamp: bool) -> None:
         raise IndexCorrupt(f"{meta.index_file} does not match its checksum")
 
 
-@functools.lru_cache(maxsize=256)
 def _load_version(folder: str, meta: IndexVersion, file_state: tuple[int, int, int] | None) -> LoadedIndex:
-    # Versions are immutable, so a verified one is cached; file_state (size, mtime, inode) is in
-    # the key so that a file damaged after it was verified is verified again, not trusted.
-    return _open_version(folder, meta)
+    """The shard's verified, mapped version, cached one per folder.
+
+    Versions are immutable, so a verified one is reused; file_state (size, mtime, inode) is part
+    of the key so that a file damaged after it was verified is verified again, not trusted. Only
+    the newest version stays cached: a superseded one is unmapped once no search still holds it,
+    so the disk space of its deleted files returns.
+    """
+    key = (meta, file_state)
+    with _cache_lock:
+        cached = _open_versions.get(folder)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    loaded = _open_version(folder, meta)
+    with _cache_lock:
+        _open_versions[folder] = (key, loaded)
+    return loaded
+
+
+_open_versions: dict[str, tuple[tuple[IndexVersion, tuple[int, int, int] | None], LoadedIndex]] = {}
+_cache_lock = threading.Lock()
 
 
 def _save_ids(path: Path, chunk_ids: np.ndarray) -> None:
@@ -216,5 +267,3 @@ def _write_atomically(final: Path, write) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-

@@ -30,10 +30,12 @@ TICK_SECONDS = 2
 @dataclass
 class Cursor:
     """last_change: the newest change event already turned into a run request.
-    reconciled_at: when the folder was last scanned whole (epoch seconds)."""
+    reconciled_at: when a scan of the whole folder last began (epoch seconds).
+    scan_unfinished: the last scan ran out of its time budget; the next tick scans the whole folder."""
 
     last_change: int = 0
     reconciled_at: float = 0.0
+    scan_unfinished: bool = False
 
     @classmethod
     def parse(cls, text: str | None) -> "Cursor":
@@ -50,6 +52,9 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
     is scanned at startup and every watch.reconcile_every_seconds, and that periodic
     reconcile also re-requests shards that still have work but no run (a killed run) and
     hides the documents of sources removed from grace.yaml.
+    A tick records for a few seconds at most (sensors/scan.py): a larger change, such as the
+    first scan of a large folder, goes on over the next ticks, each requesting runs for what
+    it recorded.
     Change events stay in the store until a later tick has committed the cursor that
     covers them, so a crash between recording and requesting loses nothing, and run keys
     stop double requests.
@@ -75,14 +80,15 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             cursor.reconciled_at = time.time()
         with watcher.lock if watcher else nullcontext():
             dirty = watcher.journal.drain() if watcher else None
-            if started or reconcile_due:
-                dirty = None
+            if started or reconcile_due or cursor.scan_unfinished:
+                dirty = None  # the whole folder's scan covers every path a drained event named
             try:
-                scan = reconcile(grace_store, source, dirty)
+                scan = reconcile(grace_store, source, shards, dirty)
             except Exception:
                 if watcher:  # the drained paths are acknowledged only once their scan has committed
                     watcher.journal.give_back(dirty)
                 raise
+        cursor.scan_unfinished = not scan.finished
         pending = grace_store.pending_changes(source.name, cursor.last_change, shards)
         cursor.last_change = pending.last_change_id
         requests = [
@@ -98,12 +104,15 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             if retired:
                 context.log.info(f"{retired} documents of sources no longer in grace.yaml left search")
             requests += _unfinished_work(context, manifest, source, grace_store, embedder, set(pending.bytes_by_shard))
+        unfinished = "; the scan goes on next tick" if cursor.scan_unfinished else ""
         if requests:
             context.log.info(
                 f"{source.name}: {len(scan.changed)} changed, {len(scan.moved)} moved, {len(scan.deleted)} deleted; "
-                f"runs for shards {sorted(request.partition_key for request in requests)}"
+                f"runs for shards {sorted(request.partition_key for request in requests)}{unfinished}"
             )
-        skip = None if requests else f"no changes in {source.path} ({'full scan' if dirty is None else 'events'})"
+        skip = None
+        if not requests:
+            skip = f"no changes in {source.path} ({'full scan' if dirty is None else 'events'}){unfinished}"
         return SensorResult(run_requests=requests, cursor=cursor.dump(), skip_reason=skip)
 
     return watch_folder

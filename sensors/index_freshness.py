@@ -34,7 +34,8 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
         embedder: EmbedderResource,
         vector_index: VectorIndexResource,
     ):
-        grace_store, index, model_id = store.get(), vector_index.get(), embedder.get().model_id
+        grace_store, index = store.get(), vector_index.get()
+        model_id = grace_store.serving_model(embedder.get().model_id)  # the old model's, while re-embedding
         requests = []
         for view in shard_views(grace_store, index, model_id):
             fraction = view.stale_fraction

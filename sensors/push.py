@@ -115,10 +115,12 @@ class Pusher:
                 journal.give_back(None)
                 return []
             try:
-                reconcile(self.store, self.source, dirty)
+                scan = reconcile(self.store, self.source, self.manifest.index.shards, dirty)
             except Exception:
                 journal.give_back(dirty)
                 raise
+            if not scan.finished:  # more than one go can record: the sensor scans the whole folder next
+                journal.give_back(None)
             pending = self.store.pending_changes(self.source.name, self.pushed_up_to, self.manifest.index.shards)
         # Advanced before launching: a launch that fails is the sensor's to request, not the next push's.
         self.pushed_up_to = pending.last_change_id

@@ -1,28 +1,42 @@
-"""Compare a watched folder with the store and record what changed, hashing only what must be."""
+"""Compare a watched folder with the store and record what changed, within a time budget per scan.
+
+A scan looks at size and mtime only: a new or changed file is recorded as unread, and the ingest
+run that reads it anyway hashes it. Content is hashed here only to tell a rename from a new file,
+and to look again at a file quarantined for a cause that may be fixed outside it. Hashing and
+recording stop at the first batch boundary SCAN_BUDGET_SECONDS after the listing; the next scan
+lists the folder again, finds what was recorded unchanged, and records the rest.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 
 from grace.core.globs import any_glob, excluded_folder, wanted
 from grace.core.manifest import SourceConfig
-from grace.resources.reading import content_hash, is_marker, refused_marker
+from grace.resources.reading import content_hash, is_marker, is_unread, refused_marker, unread_marker
 from grace.resources.schema import (
     DocumentRow,
     ObservedFile,
     chunks,
     documents,
-    new_document_id,
+    new_document_ids,
+    remove_chunks,
     shard_key_of,
     utc_now,
 )
 from grace.resources.store import Store
+
+# Dagster abandons a sensor evaluation after 60 s, and a tick should stay well under 10 s: the
+# listing (about 2 s for 100,000 files) plus this budget plus one batch.
+SCAN_BUDGET_SECONDS = 3.0
+RECORD_BATCH = 1000  # files per transaction
 
 
 def list_files(
@@ -70,47 +84,128 @@ class Dirty:
 
 @dataclass
 class ScanResult:
+    """What a scan found, or recorded. touched[i] is the file that moved[i] leads to, as it is now."""
+
     changed: list[ObservedFile] = field(default_factory=list)
     touched: list[ObservedFile] = field(default_factory=list)
     moved: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    finished: bool = True  # False: the time budget ran out, and the next scan takes up the rest
 
     @property
     def empty(self) -> bool:
         return not (self.changed or self.touched or self.moved or self.deleted)
 
+    def add(self, other: ScanResult) -> None:
+        self.changed += other.changed
+        self.touched += other.touched
+        self.moved += other.moved
+        self.deleted += other.deleted
 
-def diff_folder(source: SourceConfig, known: dict[str, DocumentRow], on_disk: dict[str, os.stat_result]) -> ScanResult:
-    """What differs between the store's view of a source and the folder.
+    def batches(self, size: int) -> Iterator[ScanResult]:
+        """Parts of at most size files: moves first, then deletions (both show in search at once), then changes."""
+        items = [*zip(self.moved, self.touched), *self.deleted, *self.changed]
+        for first in range(0, len(items), size):
+            batch = ScanResult()
+            for item in items[first : first + size]:
+                if isinstance(item, str):
+                    batch.deleted.append(item)
+                elif isinstance(item, ObservedFile):
+                    batch.changed.append(item)
+                else:
+                    batch.moved.append(item[0])
+                    batch.touched.append(item[1])
+            yield batch
 
-    Size and mtime unchanged means unchanged, except for a document whose hash is a marker
+
+class HashBudget:
+    """Hashing allowed until a deadline, and at least once, so that every scan makes progress."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.used = False
+        self.ran_out = False
+
+    def allows(self) -> bool:
+        if self.used and time.monotonic() > self.deadline:
+            self.ran_out = True
+            return False
+        self.used = True
+        return True
+
+
+def diff_folder(
+    source: SourceConfig,
+    known: dict[str, DocumentRow],
+    on_disk: dict[str, os.stat_result],
+    deadline: float = float("inf"),
+) -> ScanResult:
+    """What differs between the store's view of a source and the folder, hashing only what must be.
+
+    Equal size and mtime means unchanged, except for a document whose hash is a marker
     (oversize, unreadable, refused): its cause may have been fixed outside the file (chmod,
-    max_bytes, a link replaced), so it is looked at again. Otherwise the content hash
-    decides. A new path whose content equals a vanished document's is a rename.
+    max_bytes, a link replaced), so it is hashed again. Any other new or different file is
+    changed and unread. A new path is a rename of a vanished document of its size if their
+    content is equal, or, for a document never read, their size and mtime. Hashing stops at
+    the deadline; the files it left are the next scan's, and so are the vanished documents
+    they might be renames of.
     """
-    result = ScanResult()
+    result, budget = ScanResult(), HashBudget(deadline)
     vanished = {path: row for path, row in known.items() if path not in on_disk}
-    vanished_by_hash = {row.disk_hash: path for path, row in vanished.items()}
-    for path, stat in sorted(on_disk.items()):
+    vanished_by_size: dict[int, dict[str, list[str]]] = {}
+    for path, row in sorted(vanished.items()):
+        vanished_by_size.setdefault(row.size, {}).setdefault(row.disk_hash, []).append(path)
+    sizes_read = {row.size for row in vanished.values() if not is_unread(row.disk_hash)}
+    new_paths, marked = [], []
+    for path, stat in on_disk.items():  # the hot loop of every full scan: unchanged files cost a comparison
         row = known.get(path)
-        same_stat = row is not None and row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns
-        if same_stat and not is_marker(row.disk_hash):
-            continue
+        if row is None:
+            new_paths.append(path)
+        elif row.size != stat.st_size or row.mtime_ns != stat.st_mtime_ns:
+            result.changed.append(_unread(path, stat))
+        elif is_marker(row.disk_hash):
+            marked.append(path)
+    for path in sorted(marked):
+        if not budget.allows():
+            break
         digest = content_hash(source.path, path, int(source.max_bytes))
-        if digest is None or (same_stat and row.disk_hash == digest):
-            continue
-        observed = ObservedFile(path, stat.st_size, stat.st_mtime_ns, digest)
-        if row is not None and row.disk_hash == digest:
-            result.touched.append(observed)
-        elif row is None and digest in vanished_by_hash:
-            old_path = vanished_by_hash.pop(digest)
-            del vanished[old_path]
-            result.moved.append((old_path, path))
-            result.touched.append(observed)
-        else:
+        if digest is not None and digest != known[path].disk_hash:
+            stat = on_disk[path]
+            result.changed.append(ObservedFile(path, stat.st_size, stat.st_mtime_ns, digest))
+    unhashed_sizes: set[int] = set()
+    for path in sorted(new_paths):
+        stat = on_disk[path]
+        observed = _unread(path, stat)
+        same_size = vanished_by_size.get(stat.st_size, {})
+        if observed.disk_hash not in same_size:
+            if stat.st_size not in sizes_read:  # no vanished content to compare with
+                result.changed.append(observed)
+                continue
+            if not budget.allows():
+                unhashed_sizes.add(stat.st_size)
+                continue
+            digest = content_hash(source.path, path, int(source.max_bytes))
+            if digest is None:
+                continue
+            observed = ObservedFile(path, stat.st_size, stat.st_mtime_ns, digest)
+        old_paths = same_size.get(observed.disk_hash)
+        if not old_paths:
             result.changed.append(observed)
-    result.deleted = sorted(vanished)
+            continue
+        old_path = old_paths.pop(0)
+        if not old_paths:
+            del same_size[observed.disk_hash]
+        del vanished[old_path]
+        result.moved.append((old_path, path))
+        result.touched.append(observed)
+    result.changed.sort(key=lambda file: file.path)
+    result.deleted = sorted(path for path, row in vanished.items() if row.size not in unhashed_sizes)
+    result.finished = not budget.ran_out
     return result
+
+
+def _unread(path: str, stat: os.stat_result) -> ObservedFile:
+    return ObservedFile(path, stat.st_size, stat.st_mtime_ns, unread_marker(stat.st_size, stat.st_mtime_ns))
 
 
 def stat_entry(real_root: str, root: Path, relative: str) -> os.stat_result | None:
@@ -143,8 +238,9 @@ def stored_path(relative: str) -> str:
     return relative if is_utf8(relative) else os.fsencode(relative).decode("utf-8", "backslashreplace")
 
 
-def reconcile(store: Store, source: SourceConfig, dirty: Dirty | None = None) -> ScanResult:
-    """Bring the store's view of a folder up to date: all of it, or only the dirty paths.
+def reconcile(store: Store, source: SourceConfig, shards: int, dirty: Dirty | None = None) -> ScanResult:
+    """Bring the store's view of a folder up to date, all of it or only the dirty paths, as far as
+    SCAN_BUDGET_SECONDS allow; return what was recorded, unfinished if the budget ran out first.
 
     Files whose names are not UTF-8 are quarantined under their escaped names and never
     reach the diff, so one bad name cannot stop a source's ticks.
@@ -162,46 +258,70 @@ def reconcile(store: Store, source: SourceConfig, dirty: Dirty | None = None) ->
         for folder in dirty.folders:
             known.update(store.documents_under(source.name, stored_path(folder)))
             on_disk.update(list_files(source.path, source.patterns, under=folder, exclude=source.exclude))
+    deadline = time.monotonic() + SCAN_BUDGET_SECONDS
     badly_named = {stored_path(relative): on_disk.pop(relative) for relative in list(on_disk) if not is_utf8(relative)}
     unrecorded = {path: stat for path, stat in badly_named.items() if known.pop(path, None) is None}
-    if unrecorded:
-        quarantine_bad_names(store, source.name, unrecorded)
-    result = diff_folder(source, known, on_disk)
-    if not result.empty:
-        store.record_scan(source.name, result.changed, result.touched, result.moved, result.deleted)
-    return result
+    names_finished = quarantine_bad_names(store, source.name, unrecorded, shards, deadline)
+    found = diff_folder(source, known, on_disk, deadline)
+    recorded = ScanResult(finished=found.finished and names_finished)
+    for batch in found.batches(RECORD_BATCH):
+        if not recorded.empty and time.monotonic() > deadline:
+            recorded.finished = False
+            break
+        store.record_scan(source.name, batch.changed, batch.touched, batch.moved, batch.deleted, shards)
+        recorded.add(batch)
+    return recorded
 
 
-def quarantine_bad_names(store: Store, source: str, badly_named: dict[str, os.stat_result]) -> None:
-    """Record files whose names are not UTF-8 as quarantined documents, under their escaped names.
+def quarantine_bad_names(
+    store: Store, source: str, badly_named: dict[str, os.stat_result], shards: int, deadline: float
+) -> bool:
+    """Record files whose names are not UTF-8 as quarantined documents, under their escaped names,
+    a batch at a time until the deadline; return whether all of them were.
 
     They need no run: nothing of them is read until they are renamed (a new path, a new document).
     """
-    now = utc_now()
-    with store.engine.begin() as connection:
-        for path, stat in sorted(badly_named.items()):
-            marker = refused_marker("name", stat.st_size, stat.st_mtime_ns)
-            values = dict(
-                size=stat.st_size,
-                mtime_ns=stat.st_mtime_ns,
-                disk_hash=marker,
-                processed_hash=marker,
-                chunked_hash=None,
-                status="quarantined",
-                reason=f"file name is not valid UTF-8: {path}; rename it",
-                text=None,
-                updated_at=now,
+    if not badly_named:
+        return True
+    store.layout_epoch(shards)
+    ordered = sorted(badly_named.items())
+    for first in range(0, len(ordered), RECORD_BATCH):
+        if first and time.monotonic() > deadline:
+            return False
+        with store.writer.begin() as connection:
+            for path, stat in ordered[first : first + RECORD_BATCH]:
+                _quarantine_bad_name(connection, source, path, stat, shards)
+    return True
+
+
+def _quarantine_bad_name(connection, source: str, path: str, stat: os.stat_result, shards: int) -> None:
+    marker = refused_marker("name", stat.st_size, stat.st_mtime_ns)
+    values = dict(
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        disk_hash=marker,
+        processed_hash=marker,
+        chunked_hash=None,
+        status="quarantined",
+        reason=f"file name is not valid UTF-8: {path}; rename it",
+        text=None,
+        updated_at=utc_now(),
+    )
+    existing = connection.execute(
+        select(documents.c.id).where(documents.c.source == source, documents.c.path == path)
+    ).first()
+    if existing is None:
+        [document_id] = new_document_ids(connection, source, [path])
+        connection.execute(
+            insert(documents).values(
+                id=document_id,
+                source=source,
+                path=path,
+                shard_key=shard_key_of(document_id),
+                shard=shard_key_of(document_id) % shards,
+                **values,
             )
-            existing = connection.execute(
-                select(documents.c.id).where(documents.c.source == source, documents.c.path == path)
-            ).first()
-            if existing is None:
-                document_id = new_document_id(connection, source, path)
-                connection.execute(
-                    insert(documents).values(
-                        id=document_id, source=source, path=path, shard_key=shard_key_of(document_id), **values
-                    )
-                )
-            else:  # a deleted row not yet purged: its chunks must not come back with it
-                connection.execute(delete(chunks).where(chunks.c.document_id == existing.id))
-                connection.execute(update(documents).where(documents.c.id == existing.id).values(**values))
+        )
+    else:  # a deleted row not yet purged: its chunks must not come back with it
+        remove_chunks(connection, chunks.c.document_id == existing.id)
+        connection.execute(update(documents).where(documents.c.id == existing.id).values(**values))

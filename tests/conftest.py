@@ -34,9 +34,7 @@ def configured_postgres_url() -> str:
 
 def postgres_answers(url: str) -> bool:
     """Whether a PostgreSQL server accepts a connection at url within PROBE_TIMEOUT_SECONDS."""
-    engine = sqlalchemy.create_engine(
-        url, poolclass=NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT_SECONDS}
-    )
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT_SECONDS})
     try:
         with engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")

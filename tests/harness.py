@@ -37,6 +37,8 @@ def manifest_text(
     events: bool = False,
     inline_max_delta: int = 1000,
     embedding_backend: str = "torch",
+    trees: int = 10,
+    max_tokens: int = 256,
 ) -> str:
     """A test manifest; events=False makes every tick a full scan, so no test waits for watchdog."""
     store_line = f"store: {store_url}\n" if store_url else ""
@@ -49,9 +51,10 @@ def manifest_text(
         "    origin: ingest\n"
         f"    max_bytes: {max_bytes}\n"
         f"{extra_sources}"
-        f"index:\n  shards: {shards}\n  trees: 10\n  rebuild: {{inline_max_delta: {inline_max_delta}}}\n"
+        f"index:\n  shards: {shards}\n  trees: {trees}\n  rebuild: {{inline_max_delta: {inline_max_delta}}}\n"
         f"watch:\n  events: {str(events).lower()}\n"
         f"embedding:\n  backend: {embedding_backend}\n"
+        + (f"chunking:\n  max_tokens: {max_tokens}\n  overlap_tokens: 8\n" if max_tokens != 256 else "")
     )
 
 

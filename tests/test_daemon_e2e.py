@@ -16,6 +16,7 @@ from grace.core.manifest import load_manifest
 from grace.resources.bindings import build_resources
 from grace.resources.chunking import chunker_for
 from tests.devserver import DevServer, free_port, group_alive
+from tests.store_writes import unprocessed_documents
 
 DOCUMENTS = {
     "volcano.txt": "Lava poured from the erupting volcano and ash clouds closed the airport.",
@@ -118,7 +119,7 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
                 and stats["documents_deleted"] == 0
                 and stats["index_coverage"] == 1.0
             )
-            work_left = any(store.unprocessed_documents(shard, 2) for shard in range(2))
+            work_left = any(unprocessed_documents(store, shard, 2) for shard in range(2))
             rechunk = store.shards_needing_ingest("documents", 2, settings, model.model_id)
             return settled and not work_left and not rechunk
 

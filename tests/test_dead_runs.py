@@ -206,7 +206,7 @@ def test_a_dead_run_worker_frees_its_shard_and_its_work_is_finished(tmp_path, re
 
             def every_file_searchable_and_a_later_run_succeeded():
                 counts = store.shard_counts(0, 1)
-                searchable = counts["documents_active"] == FILES and not store.chunks_to_embed(0, 1, model_id)
+                searchable = counts["documents_active"] == FILES and not any(store.chunks_to_embed(0, 1, model_id))
                 finished = instance.get_runs(
                     filters=RunsFilter(job_name=INGEST_JOB, statuses=[DagsterRunStatus.SUCCESS])
                 )

@@ -21,6 +21,7 @@ from grace.resources.store import Store
 from grace.resources.store_text import TextNeedsKeys, UnreadableText
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment, encrypting_store
+from tests.store_writes import set_document_text, unprocessed_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = timedelta(hours=1)  # past the vault's grace period for retired versions
@@ -73,7 +74,7 @@ def chunk_row(store: Store, path: str) -> tuple[int, str]:
 def test_no_plaintext_reaches_the_store_and_search_reads_it_back(tmp_path, store_url):
     deployment = ingested(tmp_path, store_url)
     stored = raw_texts(deployment.store)
-    assert len(stored) >= 2 * len(DOCUMENTS)  # a text and at least one chunk each
+    assert len(stored) >= len(DOCUMENTS)  # a chunk each at least: live chunks hold their document's text
     assert all(token_version(value) == 1 for value in stored)
     assert not any(phrase in value for value in stored for phrase in PHRASES)
     if store_url.startswith("sqlite"):
@@ -113,11 +114,11 @@ def test_a_chunk_token_copied_into_another_row_is_left_out_of_search_and_audited
 def test_a_document_token_copied_into_another_document_stops_chunking(store_url):
     store = encrypting_store(store_url)
     files = [ObservedFile(name, 10, 1, f"hash-{name}") for name in ("a.txt", "b.txt")]
-    store.record_scan("docs", files, [], [], [])
+    store.record_scan("docs", files, [], [], [], shards=1)
     ids = {path: row.id for path, row in store.documents_of("docs").items()}
-    store.set_document_text(ids["a.txt"], "hash-a.txt", "the text of a")
-    store.set_document_text(ids["b.txt"], "hash-b.txt", "the text of b")
-    assert sorted(text for _id, _hash, text in store.documents_to_chunk(0, 1, "s")) == [
+    set_document_text(store, ids["a.txt"], "hash-a.txt", "the text of a")
+    set_document_text(store, ids["b.txt"], "hash-b.txt", "the text of b")
+    assert sorted(document.text for page in store.documents_to_chunk(0, 1, "s") for document in page) == [
         "the text of a",
         "the text of b",
     ]
@@ -125,7 +126,7 @@ def test_a_document_token_copied_into_another_document_stops_chunking(store_url)
         token_a = connection.execute(select(documents.c.text).where(documents.c.id == ids["a.txt"])).scalar_one()
         connection.execute(update(documents).where(documents.c.id == ids["b.txt"]).values(text=token_a))
     with pytest.raises(DecryptionError, match="copied from another row"):
-        store.documents_to_chunk(0, 1, "s")
+        list(store.documents_to_chunk(0, 1, "s"))
 
 
 def test_rotation_and_rewrap_keep_search_exact_on_the_real_model(tmp_path, store_url):
@@ -144,10 +145,10 @@ def test_rotation_and_rewrap_keep_search_exact_on_the_real_model(tmp_path, store
     assert {query: found(query) for query in queries} == expected  # version 1 tokens still open
     deployment.drop("whales.txt", WHALES)
     deployment.sync()
-    assert vault.versions_in_use() == {1: rows, 2: 2}  # the new document's text and its one chunk
+    assert vault.versions_in_use() == {1: rows, 2: 1}  # the new document's one chunk, which holds its text
     assert found("the songs of whales") == ("whales.txt", WHALES)
     assert sum(vault.rewrap_all(batch_size=2).values()) == rows
-    assert vault.versions_in_use() == {2: rows + 2}
+    assert vault.versions_in_use() == {2: rows + 1}
     assert {query: found(query) for query in queries} == expected
     vault.rotate(force=True)
     vault.rewrap_all()
@@ -159,10 +160,10 @@ def test_rotation_and_rewrap_keep_search_exact_on_the_real_model(tmp_path, store
 
 def test_a_store_without_a_vault_refuses_text_and_does_everything_else(store_url):
     store = Store(store_url)
-    store.record_scan("docs", [ObservedFile("a.txt", 10, 1, "h1")], [], [], [])
-    [row] = store.unprocessed_documents(0, 1)
+    store.record_scan("docs", [ObservedFile("a.txt", 10, 1, "h1")], [], [], [], shards=1)
+    [row] = unprocessed_documents(store, 0, 1)
     for attempt in (
-        lambda: store.set_document_text(row.id, "h1", "secret words"),
+        lambda: set_document_text(store, row.id, "h1", "secret words"),
         lambda: store.replace_chunks(row.id, "h1", [NewChunk(0, "h", "secret words", 3)], "s"),
         lambda: store.documents_to_chunk(0, 1, "s"),
         lambda: store.chunk_hits([1]),
@@ -179,9 +180,9 @@ def test_a_missing_or_wrong_kek_is_refused_naming_where_it_was_looked_for(tmp_pa
     fresh = missing.get()  # nothing is sealed yet: the store opens, and its first text needs the KEK
     assert fresh.shard_counts(0, 1)["chunks"] == 0
     with pytest.raises(SecretError, match="no key in environment variable GRACE_TEST_NO_KEK"):
-        fresh.set_document_text("nobody", "h", "words")
+        set_document_text(fresh, "nobody", "h", "words")
     right, wrong = create_key_file(tmp_path / "right.key"), create_key_file(tmp_path / "wrong.key")
-    StoreResource(url=store_url, kek=f"file:{right}").get().set_document_text("nobody", "h", "seals version 1")
+    set_document_text(StoreResource(url=store_url, kek=f"file:{right}").get(), "nobody", "h", "seals version 1")
     with pytest.raises(SecretError, match="no key in environment variable GRACE_TEST_NO_KEK"):
         missing.get()  # now that text may be sealed, the store does not open without its KEK
     with pytest.raises(WrongKek, match=f"the KEK from key file {wrong}"):
@@ -204,7 +205,7 @@ StoreResource(url=sys.argv[1], kek="env:GRACE_TEST_KEK", rewrap_batch=1).get()
 def write_release_0_3_rows(store_url: str) -> str:
     """A document, its chunks and a staged chunk, with text in plaintext as release 0.3 stored it."""
     store = Store(store_url)
-    store.record_scan("docs", [ObservedFile("old.txt", 10, 1, "h-old")], [], [], [])
+    store.record_scan("docs", [ObservedFile("old.txt", 10, 1, "h-old")], [], [], [], shards=1)
     document_id = store.documents_of("docs")["old.txt"].id
     staged = dict(document_id=document_id, ordinal=0, chunk_hash="h-staged", text="legacy staged text")
     with store.writer.begin() as connection:
@@ -240,7 +241,8 @@ def test_release_0_3_plaintext_is_sealed_on_first_open_resumably(store_url, monk
     assert all(token_version(value) == 1 for value in raw_texts(store))
     hits = store.chunk_hits(list(range(1, 10)))
     assert sorted(hit.text for hit in hits.values()) == sorted(LEGACY["chunks"])
-    assert store.documents_to_chunk(0, 1, "s") == [(document_id, "h-old", LEGACY["documents"])]
+    [[legacy]] = store.documents_to_chunk(0, 1, "s")
+    assert (legacy.document_id, legacy.text_hash, legacy.text) == (document_id, "h-old", LEGACY["documents"])
     staged_token = raw_texts(store)[-1]
     assert store.vault.decrypt(staged_token, CHUNK_TEXT.aad((document_id, "h-staged"))) == "legacy staged text"
     sealed = [entry.detail["rows"] for entry in store.vault.audit_entries() if entry.event == KeyEvent.REWRAP_PROGRESS]

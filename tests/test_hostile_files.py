@@ -48,8 +48,6 @@ def reasons(deployment) -> dict[str, str]:
     return {path: reason for _source, path, reason in deployment.store.quarantined()}
 
 
-
-
 def test_file_swapped_for_a_symlink_is_quarantined_never_followed(deployment, outside):
     deployment.drop("garden.txt", "codes for the garden gate")
     note = deployment.drop("note.txt", "an ordinary note")
@@ -153,6 +151,17 @@ def test_without_proc_a_linked_parent_is_still_refused(tmp_path, outside, monkey
     monkeypatch.setattr(os, "readlink", no_proc)
     result = read_document(tmp_path / "inbox", "sub/note.txt", max_bytes=1000)
     assert result.text is None and result.problem.startswith("resolves outside the watched folder")
+
+
+def test_a_watched_folder_that_is_a_link_is_read_but_never_left(tmp_path, outside):
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "note.txt").write_text("a note about wrens")
+    (tmp_path / "real" / "away").symlink_to(outside)
+    (tmp_path / "inbox").symlink_to(tmp_path / "real")
+    assert read_document(tmp_path / "inbox", "note.txt", max_bytes=1000).text == "a note about wrens"
+    assert read_document(tmp_path / "inbox", "sub/../note.txt", max_bytes=1000).text == "a note about wrens"
+    escaped = read_document(tmp_path / "inbox", "away/note.txt", max_bytes=1000)
+    assert escaped.text is None and escaped.problem.startswith("resolves outside the watched folder")
 
 
 def write_bad_name(folder, content: bytes) -> bytes:

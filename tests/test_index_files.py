@@ -59,7 +59,7 @@ def index_file(index: ShardedIndex, shard: int) -> Path:
 def exact_top(deployment: Deployment, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, scores) of the exact top k over every searchable chunk."""
     shards, model_id = deployment.manifest.index.shards, deployment.embedder.model_id
-    searchable = np.concatenate(deployment.store.searchable_chunk_ids(shards, model_id))
+    searchable = np.concatenate([deployment.store.embedded_chunk_ids(s, shards, model_id) for s in range(shards)])
     ids, vectors = deployment.store.vectors_of(searchable, deployment.embedder.model_id)
     scores = vectors @ deployment.embedder.encode([query])[0]
     best = np.argsort(-scores, kind="stable")[:k]

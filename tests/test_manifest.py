@@ -139,7 +139,6 @@ def test_project_files_load_the_code_location(tmp_path, target):
     assert "Validation successful for code location grace" in result.stdout + result.stderr
 
 
-
 @pytest.mark.parametrize(
     ("first", "second"),
     [("inbox", "inbox"), ("inbox", "inbox/sub"), ("inbox/sub", "inbox"), ("inbox", "other/../inbox")],
@@ -214,10 +213,32 @@ def test_self_referring_and_deeply_nested_yaml_are_errors(write_manifest, text, 
 
 
 CRON_CASES = [
-    "0 * * * *", "*/5 * * * *", "0 3 * * *", "0 3 * * mon-fri", "15 2 1 * *", "0 0 29 2 *", "0 0 30 2 *",
-    "0 0 31 2 *", "0 0 30,31 2 *", "0 0 31 1,2 *", "@hourly", "@daily", "0 0 * * 0", "0 0 * * 7", "* * * * * *",
-    "* * * *", "every hour", "", "60 * * * *", "0 24 * * *", "0 0 0 * *", "0 0 * 13 *", "0 0 L * *", "0 0 * * 5#3",
-    "0 0 1-15/2 * *", "0 9-17 * * 1-5",
+    "0 * * * *",
+    "*/5 * * * *",
+    "0 3 * * *",
+    "0 3 * * mon-fri",
+    "15 2 1 * *",
+    "0 0 29 2 *",
+    "0 0 30 2 *",
+    "0 0 31 2 *",
+    "0 0 30,31 2 *",
+    "0 0 31 1,2 *",
+    "@hourly",
+    "@daily",
+    "0 0 * * 0",
+    "0 0 * * 7",
+    "* * * * * *",
+    "* * * *",
+    "every hour",
+    "",
+    "60 * * * *",
+    "0 24 * * *",
+    "0 0 0 * *",
+    "0 0 * 13 *",
+    "0 0 L * *",
+    "0 0 * * 5#3",
+    "0 0 1-15/2 * *",
+    "0 9-17 * * 1-5",
 ]
 
 

@@ -17,6 +17,7 @@ from grace.sensors.push import Pusher, run_key
 from grace.sensors.watcher import stop_watchers, watcher_for
 from tests.fakes import HashingEmbedderResource
 from tests.harness import Deployment
+from tests.store_writes import unprocessed_documents
 
 
 class Launches:
@@ -116,7 +117,7 @@ def test_a_shard_whose_run_has_not_started_gets_no_second_run(deployment, pushin
     wait_until(lambda: "waiting.txt" in deployment.store.documents_of("docs"))
     time.sleep(0.5)
     assert launches.tags == []  # the queued run reads the change when it starts
-    assert deployment.store.unprocessed_documents(shard_of(deployment, "waiting.txt"), 2)
+    assert unprocessed_documents(deployment.store, shard_of(deployment, "waiting.txt"), 2)
 
 
 def test_an_overflowed_journal_is_left_to_the_sensors_full_scan(deployment, pushing):

@@ -108,7 +108,11 @@ def test_the_code_location_and_its_ticks_stay_light(tmp_path):
     environment = {**os.environ, "GRACE_CONFIG": str(manifest)}
     probe = subprocess.run(
         [sys.executable, "-c", LIGHT_PROBE, str(manifest)],
-        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     report = json.loads(probe.stdout.strip().splitlines()[-1])

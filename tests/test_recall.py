@@ -123,7 +123,7 @@ def test_recall_at_10_on_the_real_model_with_pending_and_tombstoned_vectors(depl
     deployment.sync(rebuild=False)
     ingest_seconds = time.perf_counter() - started
 
-    searchable = np.concatenate(deployment.store.searchable_chunk_ids(4, model_id))
+    searchable = np.concatenate([deployment.store.embedded_chunk_ids(s, 4, model_id) for s in range(4)])
     tombstoned = indexed - set(searchable.tolist())
     pending = set(searchable.tolist()) - indexed
     assert len(tombstoned) >= 3 * SENTENCES_PER_FILE and len(pending) >= 3 * SENTENCES_PER_FILE

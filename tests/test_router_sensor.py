@@ -172,7 +172,7 @@ def test_a_routed_intent_runs_its_handler_on_the_real_model_and_ends_succeeded(d
     docs.path.mkdir(parents=True)
     (docs.path / "cats.md").write_text("Cats purr and sleep most of the day in warm sunny spots.")
     (docs.path / "rust.md").write_text("The borrow checker enforces ownership rules at compile time.")
-    reconcile(store, docs)
+    reconcile(store, docs, 1)
     pipelines = Definitions.merge(build_pipelines(manifest), Definitions(resources=build_resources(manifest)))
     drop(manifest, "intent.json", {**SEED_INTENT, "goal": "where do cats like to nap"})
 

@@ -1,4 +1,4 @@
-"""Folder scanning: glob semantics, hashing only what changed, renames, deletions, hostile names."""
+"""Folder scanning: glob semantics, files recorded unread, renames, deletions, hostile names, time budgets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from watchdog.events import DirCreatedEvent, FileCreatedEvent, FileModifiedEvent
 
 from grace.core.globs import glob_regex
 from grace.core.manifest import SourceConfig
-from grace.resources.store import Store
-from grace.sensors.scan import Dirty, list_files
-from grace.sensors.scan import reconcile as scan_source
+from grace.resources.reading import read_document, unread_marker
+from grace.sensors import scan
+from grace.sensors.scan import Dirty, list_files, reconcile
 from grace.sensors.watcher import Journal
+from tests.harness import encrypting_store
 
 
 @pytest.mark.parametrize(
@@ -44,9 +45,26 @@ def source(tmp_path):
 @pytest.fixture
 def store(store_url):
     """Every scan test that records into a store runs on SQLite and on PostgreSQL."""
-    opened = Store(store_url)
+    opened = encrypting_store(store_url)
     yield opened
     opened.dispose()
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The paths the scan hashes, in order."""
+    seen: list[str] = []
+    real_content_hash = scan.content_hash
+    monkeypatch.setattr(
+        scan,
+        "content_hash",
+        lambda root, relative, limit: seen.append(relative) or real_content_hash(root, relative, limit),
+    )
+    return seen
+
+
+def scan_source(store, source, dirty: Dirty | None = None):
+    return reconcile(store, source, 1, dirty)
 
 
 def write(source, relative: str, content: bytes) -> None:
@@ -55,7 +73,24 @@ def write(source, relative: str, content: bytes) -> None:
     path.write_bytes(content)
 
 
-def test_symlinks_are_listed_but_never_followed(source, store, tmp_path):
+def read_pending(store, source) -> None:
+    """The documents step, as far as the disk hashes go: every pending file is read and recorded."""
+    reads = store.recording_reads()
+    for row in store.documents_to_read(0, 1):
+        result = read_document(source.path, row.path, int(source.max_bytes))
+        if result.problem:
+            reads.quarantine(row, result.content_hash, result.problem)
+        else:
+            reads.activate(row, result.content_hash, result.text)
+    reads.flush()
+
+
+def unread(source, relative: str) -> str:
+    stat = (source.path / relative).stat()
+    return unread_marker(stat.st_size, stat.st_mtime_ns)
+
+
+def test_symlinks_are_listed_but_never_followed(source, store, tmp_path, hashed):
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret.txt").write_text("secret")
     (tmp_path / "outside" / "deep.txt").write_text("deep secret")
@@ -63,8 +98,11 @@ def test_symlinks_are_listed_but_never_followed(source, store, tmp_path):
     os.symlink(tmp_path / "outside", source.path / "link")
     os.symlink(tmp_path / "outside" / "secret.txt", source.path / "secret.txt")
     assert set(list_files(source.path, source.patterns)) == {"inside.txt", "secret.txt"}  # nothing under link/
-    recorded = {o.path: o.disk_hash for o in scan_source(store, source).changed}
-    assert recorded["secret.txt"].startswith("refused:symlink:")  # the target was never hashed
+    assert sorted(o.path for o in scan_source(store, source).changed) == ["inside.txt", "secret.txt"]
+    assert hashed == []  # a scan opens no file it need not
+    read_pending(store, source)
+    recorded = {path: row.disk_hash for path, row in store.documents_of("docs").items()}
+    assert recorded["secret.txt"].startswith("refused:symlink:")  # the target was never read
     assert recorded["inside.txt"] == hashlib.sha256(b"ok").hexdigest()
 
 
@@ -72,26 +110,77 @@ def test_missing_folder_lists_nothing(tmp_path):
     assert list_files(tmp_path / "absent", ["**/*"]) == {}
 
 
-def test_changes_touches_moves_and_deletes(source, store):
+def test_changes_moves_and_deletes_are_found_by_size_and_mtime(source, store, hashed):
     write(source, "a.txt", b"alpha")
     write(source, "sub/b.txt", b"beta")
-    assert [o.path for o in scan_source(store, source).changed] == ["a.txt", "sub/b.txt"]
-    assert scan_source(store, source).empty  # nothing changed: nothing hashed, nothing recorded
+    found = scan_source(store, source)
+    assert [(o.path, o.disk_hash) for o in found.changed] == [
+        ("a.txt", unread(source, "a.txt")),
+        ("sub/b.txt", unread(source, "sub/b.txt")),
+    ]
+    assert scan_source(store, source).empty  # nothing changed: nothing recorded
     os.utime(source.path / "a.txt", ns=(1, 1))
-    touched = scan_source(store, source)
-    assert [o.path for o in touched.touched] == ["a.txt"] and not touched.changed
+    touched = scan_source(store, source)  # only the run that reads it can tell a touch from an edit
+    assert [o.disk_hash for o in touched.changed] == [unread_marker(5, 1)] and not touched.touched
     (source.path / "sub" / "b.txt").rename(source.path / "c.txt")
-    moved = scan_source(store, source)
+    moved = scan_source(store, source)  # never read, so the same size and mtime tell
     assert moved.moved == [("sub/b.txt", "c.txt")] and not moved.changed and not moved.deleted
     (source.path / "a.txt").unlink()
     assert scan_source(store, source).deleted == ["a.txt"]
     assert set(store.documents_of("docs")) == {"c.txt"}
+    assert hashed == []
 
 
-def test_oversize_files_are_not_hashed(source, store):
-    write(source, "big.txt", b"x" * 500)
-    [big] = scan_source(store, source).changed
-    assert big.disk_hash.startswith("oversize:500:")
+def test_a_rename_of_a_read_file_is_told_by_its_content(source, store, hashed):
+    write(source, "old.txt", b"same words")
+    write(source, "gone.txt", b"other text")
+    scan_source(store, source)
+    read_pending(store, source)
+    kept_id = store.documents_of("docs")["old.txt"].id
+    (source.path / "old.txt").rename(source.path / "new.txt")
+    os.utime(source.path / "new.txt", ns=(7, 7))  # as a copy and delete would leave it
+    (source.path / "gone.txt").unlink()
+    write(source, "lookalike.txt", b"alike text")  # the size of gone.txt, other content
+    found = scan_source(store, source)
+    assert found.moved == [("old.txt", "new.txt")] and found.deleted == ["gone.txt"]
+    assert [o.path for o in found.changed] == ["lookalike.txt"]
+    assert sorted(hashed) == ["lookalike.txt", "new.txt"]  # new paths of a vanished document's size only
+    assert store.documents_of("docs")["new.txt"].id == kept_id
+
+
+def test_out_of_time_a_scan_withholds_the_deletions_a_rename_may_explain(source, store, hashed, monkeypatch):
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        write(source, name, name.encode() * 3)
+    write(source, "odd.txt", b"another size")
+    scan_source(store, source)
+    read_pending(store, source)
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        (source.path / name).rename(source.path / f"moved-{name}")
+    (source.path / "odd.txt").unlink()
+    monkeypatch.setattr(scan, "SCAN_BUDGET_SECONDS", 0)
+    first = scan_source(store, source)  # hashes one file, at least, whatever the budget
+    assert not first.finished and first.moved == [("a.txt", "moved-a.txt")] and first.deleted == ["odd.txt"]
+    second = scan_source(store, source)
+    assert not second.finished and second.moved == [("b.txt", "moved-b.txt")] and not second.deleted
+    third = scan_source(store, source)
+    assert third.finished and third.moved == [("c.txt", "moved-c.txt")]
+    assert hashed == ["moved-a.txt", "moved-b.txt", "moved-c.txt"]
+    assert set(store.documents_of("docs")) == {"moved-a.txt", "moved-b.txt", "moved-c.txt"}
+
+
+def test_out_of_time_a_scan_records_a_batch_and_leaves_the_rest(source, store, monkeypatch):
+    for n in range(10):
+        write(source, f"n{n}.txt", b"text")
+    monkeypatch.setattr(scan, "SCAN_BUDGET_SECONDS", 0)
+    monkeypatch.setattr(scan, "RECORD_BATCH", 4)
+    recorded = [scan_source(store, source) for _ in range(3)]
+    assert [[o.path for o in part.changed] for part in recorded] == [
+        ["n0.txt", "n1.txt", "n2.txt", "n3.txt"],
+        ["n4.txt", "n5.txt", "n6.txt", "n7.txt"],
+        ["n8.txt", "n9.txt"],
+    ]
+    assert [part.finished for part in recorded] == [False, False, True]
+    assert len(store.documents_of("docs")) == 10 and scan_source(store, source).empty
 
 
 def test_hostile_file_names(source, store):
@@ -102,8 +191,17 @@ def test_hostile_file_names(source, store):
 
 
 def test_default_excludes_skip_hidden_lock_and_backup_files(source, store):
-    for name in ["keep.txt", ".hidden.txt", ".#lock.txt", "~$report.txt", "draft.txt~", "sub/.DS_Store.txt",
-                 ".git/notes.txt", "sub/.cache/deep/x.txt", "sub/ok.txt"]:
+    for name in [
+        "keep.txt",
+        ".hidden.txt",
+        ".#lock.txt",
+        "~$report.txt",
+        "draft.txt~",
+        "sub/.DS_Store.txt",
+        ".git/notes.txt",
+        "sub/.cache/deep/x.txt",
+        "sub/ok.txt",
+    ]:
         write(source, name, b"text")
     assert sorted(o.path for o in scan_source(store, source).changed) == ["keep.txt", "sub/ok.txt"]
 
@@ -125,11 +223,14 @@ def test_empty_exclude_ingests_everything(source, store):
     assert [o.path for o in scan_source(store, everything).changed] == [".hidden.txt"]  # patterns still apply
 
 
-def test_marker_rows_are_looked_at_again_without_a_stat_change(source, store):
+def test_marker_rows_are_looked_at_again_without_a_stat_change(source, store, hashed):
     write(source, "big.txt", b"x" * 500)
-    [big] = scan_source(store, source).changed
-    assert big.disk_hash.startswith("oversize:")
+    scan_source(store, source)
+    read_pending(store, source)
+    assert store.documents_of("docs")["big.txt"].disk_hash.startswith("oversize:500:")
+    hashed.clear()
     assert scan_source(store, source).empty  # still too big: the same marker, nothing recorded
+    assert hashed == ["big.txt"]
     raised = source.model_copy(update={"max_bytes": 1000})
     [healed] = scan_source(store, raised).changed  # same size and mtime, but max_bytes was raised
     assert healed.disk_hash == hashlib.sha256(b"x" * 500).hexdigest()

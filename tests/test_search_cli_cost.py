@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from grace.resources import vector_index
 from grace.resources.embedder import OFFLINE_ENVIRONMENT
-from grace.resources.vector_index import IndexCorrupt, ShardedIndex, _load_version
+from grace.resources.vector_index import IndexCorrupt, ShardedIndex
 from tests.harness import Deployment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,14 +88,14 @@ def test_a_stamp_spares_the_hash_while_the_file_is_unchanged_and_verify_ignores_
         handle.write(bytes([byte[0] ^ 0x01]))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     os.utime(stamp, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
-    _load_version.cache_clear()  # as a new process
+    vector_index._open_versions.clear()  # as a new process
     assert index.load(0).meta.items == 40, "a stamp written after the file's mtime spares the hash"
     with pytest.raises(IndexCorrupt, match="checksum"):
         index.verify(0)
 
     # A stamp from the same timestamp tick as the file proves nothing: racily clean, so hashed.
     os.utime(stamp, ns=(before.st_mtime_ns, before.st_mtime_ns))
-    _load_version.cache_clear()
+    vector_index._open_versions.clear()
     with pytest.raises(IndexCorrupt, match="checksum"):
         index.load(0)
 
@@ -112,6 +113,6 @@ def test_a_changed_file_is_hashed_again_despite_its_stamp(tmp_path):
     os.utime(path, ns=(changed, changed))
     stamp = path.with_name(path.name.split(".")[0] + ".verified")
     os.utime(stamp, ns=(changed + 10**9, changed + 10**9))  # so only the changed mtime tells
-    _load_version.cache_clear()
+    vector_index._open_versions.clear()
     with pytest.raises(IndexCorrupt, match="checksum"):
         index.load(0)

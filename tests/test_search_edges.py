@@ -26,7 +26,7 @@ def test_k_past_the_corpus_returns_every_chunk_exactly_once(tmp_path, store_url)
         deployment.drop(f"n{number:03d}.txt", f"fresh note {number} about subject{number % 11}")
     deployment.sync(rebuild=False)
     model_id = deployment.embedder.model_id
-    searchable = set(np.concatenate(deployment.store.searchable_chunk_ids(2, model_id)).tolist())
+    searchable = set(np.concatenate([deployment.store.embedded_chunk_ids(s, 2, model_id) for s in range(2)]).tolist())
     assert len(indexed_before - searchable) == 30 and len(searchable - indexed_before) == 35
 
     # Any budget (here the smallest a manifest allows) must still return everything asked for.

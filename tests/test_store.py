@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -11,9 +12,11 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from grace.resources.schema import NewChunk, ObservedFile, chunks, staged_chunks
+from grace.resources.document_writes import DocumentRead
+from grace.resources.schema import NewChunk, ObservedFile, chunks, documents, staged_chunks
 from grace.resources.store import Store
 from tests.harness import encrypting_store
+from tests.store_writes import purge_document, quarantine_document, set_document_text, unprocessed_documents
 
 
 @pytest.fixture
@@ -31,46 +34,136 @@ def chunk(ordinal: int, text: str) -> NewChunk:
     return NewChunk(ordinal, f"h-{text}", text, 3)
 
 
+def flat(pages) -> list:
+    """The items of every page, in order."""
+    return [item for page in pages for item in page]
+
+
 def add_active(store: Store, path: str, texts: list[str]) -> str:
-    store.record_scan("docs", [observed(path, f"hash-{path}")], [], [], [])
+    store.record_scan("docs", [observed(path, f"hash-{path}")], [], [], [], shards=1)
     document_id = store.documents_of("docs")[path].id
-    store.set_document_text(document_id, f"hash-{path}", " ".join(texts))
+    set_document_text(store, document_id, f"hash-{path}", " ".join(texts))
     store.replace_chunks(document_id, f"hash-{path}", [chunk(i, t) for i, t in enumerate(texts)], "settings")
     return document_id
 
 
 def test_scan_changes_feed_the_sensor_cursor(store):
-    store.record_scan("docs", [observed("a.txt", "h1", 5), observed("b.txt", "h2", 7)], [], [], [])
+    store.record_scan("docs", [observed("a.txt", "h1", 5), observed("b.txt", "h2", 7)], [], [], [], shards=1)
     pending = store.pending_changes("docs", 0, shards=1)
     assert pending.bytes_by_shard == {0: 12} and pending.last_change_id >= 2
     assert store.pending_changes("docs", pending.last_change_id, 1).bytes_by_shard == {}
     store.forget_changes("docs", pending.last_change_id)
-    store.record_scan("docs", [observed("a.txt", "h3", 6)], [], [], [])
+    store.record_scan("docs", [observed("a.txt", "h3", 6)], [], [], [], shards=1)
     newer = store.pending_changes("docs", pending.last_change_id, 1)
     assert newer.last_change_id > pending.last_change_id and newer.bytes_by_shard == {0: 6}
 
 
 def test_documents_are_processed_until_their_hash_matches(store):
-    store.record_scan("docs", [observed("a.txt", "h1")], [], [], [])
-    [row] = store.unprocessed_documents(0, 1)
-    store.set_document_text(row.id, "h1", "hello")
-    assert store.unprocessed_documents(0, 1) == []
-    store.record_scan("docs", [observed("a.txt", "h2")], [], [], [])
-    assert [r.path for r in store.unprocessed_documents(0, 1)] == ["a.txt"]
-    store.quarantine_document(row.id, "h2", "bad bytes")
+    store.record_scan("docs", [observed("a.txt", "h1")], [], [], [], shards=1)
+    [row] = unprocessed_documents(store, 0, 1)
+    set_document_text(store, row.id, "h1", "hello")
+    assert unprocessed_documents(store, 0, 1) == []
+    store.record_scan("docs", [observed("a.txt", "h2")], [], [], [], shards=1)
+    assert [r.path for r in unprocessed_documents(store, 0, 1)] == ["a.txt"]
+    quarantine_document(store, row.id, "h2", "bad bytes")
     assert store.quarantined() == [("docs", "a.txt", "bad bytes")]
-    assert store.unprocessed_documents(0, 1) == []
+    assert unprocessed_documents(store, 0, 1) == []
 
 
 def test_a_deletion_recorded_during_a_read_wins(store):
-    store.record_scan("docs", [observed("a.txt", "h1")], [], [], [])
-    [row] = store.unprocessed_documents(0, 1)
-    store.record_scan("docs", [], [], [], ["a.txt"])
-    store.set_document_text(row.id, "h1", "late text")
-    [again] = store.unprocessed_documents(0, 1)
+    store.record_scan("docs", [observed("a.txt", "h1")], [], [], [], shards=1)
+    [row] = unprocessed_documents(store, 0, 1)
+    store.record_scan("docs", [], [], [], ["a.txt"], shards=1)
+    set_document_text(store, row.id, "h1", "late text")
+    [again] = unprocessed_documents(store, 0, 1)
     assert again.status == "deleted"
-    store.purge_document(row.id)
-    assert store.documents_of("docs") == {} and store.unprocessed_documents(0, 1) == []
+    purge_document(store, row.id)
+    assert store.documents_of("docs") == {} and unprocessed_documents(store, 0, 1) == []
+
+
+def test_a_file_that_changes_again_while_read_stays_pending(store):
+    store.record_scan("docs", [ObservedFile("a.txt", 5, 1, "unread:5:1")], [], [], [], shards=1)
+    [row] = store.documents_to_read(0, 1)
+    store.record_scan("docs", [ObservedFile("a.txt", 6, 2, "unread:6:2")], [], [], [], shards=1)  # seen again
+    store.record_reads([DocumentRead(row.id, row.disk_hash, "h1", text="first words")])
+    [again] = store.documents_to_read(0, 1)
+    assert (again.disk_hash, again.processed_hash, again.status) == ("unread:6:2", "h1", "active")
+    store.record_reads([DocumentRead(again.id, again.disk_hash, "h2", text="second words")])
+    assert store.documents_to_read(0, 1) == []
+    assert store.documents_of("docs")["a.txt"].disk_hash == "h2"
+
+
+def test_a_touched_file_keeps_its_text_and_chunks(store):
+    document_id = add_active(store, "a.txt", ["one", "two"])
+    chunk_ids = sorted(store.chunk_hits(list(range(1, 10))))
+    store.record_scan("docs", [ObservedFile("a.txt", 10, 2, "unread:10:2")], [], [], [], shards=1)
+    [row] = store.documents_to_read(0, 1)
+    reads = store.recording_reads()
+    reads.confirm(row, "hash-a.txt")
+    reads.flush()
+    assert store.documents_to_read(0, 1) == []
+    with store.engine.connect() as connection:
+        hashes = connection.execute(
+            select(
+                documents.c.disk_hash, documents.c.processed_hash, documents.c.chunked_hash, documents.c.status
+            ).where(documents.c.id == document_id)
+        ).one()
+    assert tuple(hashes) == ("hash-a.txt", "hash-a.txt", "hash-a.txt", "active")
+    assert sorted(store.chunk_hits(list(range(1, 10)))) == chunk_ids
+
+
+def test_a_deletion_recorded_during_a_batch_of_reads_wins(store):
+    store.record_scan("docs", [observed("a.txt", "unread:a"), observed("b.txt", "unread:b")], [], [], [], shards=1)
+    rows = store.documents_to_read(0, 1)
+    store.record_scan("docs", [], [], [], ["a.txt"], shards=1)
+    reads = store.recording_reads()
+    for row in rows:
+        reads.activate(row, f"h-{row.path}", f"text of {row.path}")
+    reads.flush()
+    assert [(row.path, row.status) for row in store.documents_to_read(0, 1)] == [("a.txt", "deleted")]
+    store.record_scan("docs", [observed("b.txt", "unread:b2")], [], [], [], shards=1)
+    store.record_scan("docs", [], [], [], ["b.txt"], shards=1)
+    store.record_scan("docs", [observed("b.txt", "unread:b3")], [], [], [], shards=1)  # back before the purge
+    assert store.purge_deleted([row.id for row in rows]) == 1
+    assert list(store.documents_of("docs")) == ["b.txt"]
+
+
+def test_scans_and_batches_of_reads_on_the_same_rows_never_deadlock(store):
+    paths = [f"p{n:03d}.txt" for n in range(200)]
+    store.record_scan("docs", [ObservedFile(path, 1, 1, "unread:1:1") for path in paths], [], [], [], shards=1)
+    rows = store.documents_to_read(0, 1)
+    shuffled = random.Random(7)
+    errors: list[BaseException] = []
+
+    def scanning() -> None:
+        for round_number in range(15):
+            seen = [ObservedFile(path, 2 + round_number, 1, f"unread:{round_number}") for path in paths]
+            store.record_scan("docs", shuffled.sample(seen, 150), [], [], [], shards=1)
+
+    def reading() -> None:
+        for round_number in range(15):
+            batch = shuffled.sample(rows, 150)  # quarantines and texts interleaved: no order in common
+            store.record_reads(
+                [
+                    DocumentRead(row.id, row.disk_hash, f"h{round_number}", text=f"text {n}")
+                    if n % 2
+                    else DocumentRead(row.id, row.disk_hash, f"h{round_number}", problem="binary content")
+                    for n, row in enumerate(batch)
+                ]
+            )
+
+    def recording(work) -> None:
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=recording, args=(work,)) for work in (scanning, reading)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 def test_replacing_chunks_keeps_unchanged_rows(store):
@@ -136,12 +229,17 @@ def test_concurrent_replacements_of_one_document_serialize(store):
     assert overlapping >= 3, "the two writers must really have been inside replace_chunks at once"
     with store.engine.connect() as connection:
         doubled = connection.execute(
-            select(chunks.c.document_id, chunks.c.ordinal).group_by(chunks.c.document_id, chunks.c.ordinal)
+            select(chunks.c.document_id, chunks.c.ordinal)
+            .group_by(chunks.c.document_id, chunks.c.ordinal)
             .having(func.count() > 1)
         ).all()
-        final = connection.execute(
-            select(chunks.c.chunk_hash).where(chunks.c.document_id == document_id).order_by(chunks.c.ordinal)
-        ).scalars().all()
+        final = (
+            connection.execute(
+                select(chunks.c.chunk_hash).where(chunks.c.document_id == document_id).order_by(chunks.c.ordinal)
+            )
+            .scalars()
+            .all()
+        )
     assert doubled == []
     assert final in ([c.chunk_hash for c in chunk_list(name, rounds - 1)] for name in windows)
 
@@ -149,12 +247,12 @@ def test_concurrent_replacements_of_one_document_serialize(store):
 def test_embeddings_are_shared_by_hash_and_saved_idempotently(store):
     add_active(store, "a.txt", ["same", "other"])
     add_active(store, "b.txt", ["same"])
-    todo = store.chunks_to_embed(0, 1, "m@1")
+    todo = flat(store.chunks_to_embed(0, 1, "m@1"))
     assert sorted(text for _h, text in todo) == ["other", "same"]  # one embedding per distinct text
     vectors = np.eye(2, 4, dtype=np.float32)
     store.save_embeddings("m@1", [h for h, _t in todo], vectors)
     store.save_embeddings("m@1", [h for h, _t in todo], vectors)  # a repeated run changes nothing
-    assert store.chunks_to_embed(0, 1, "m@1") == [] and len(store.chunks_to_embed(0, 1, "m@2")) == 2
+    assert flat(store.chunks_to_embed(0, 1, "m@1")) == [] and len(flat(store.chunks_to_embed(0, 1, "m@2"))) == 2
     ids = store.embedded_chunk_ids(0, 1, "m@1")
     assert len(ids) == 3
     found_ids, found = store.vectors_of(ids, "m@1")
@@ -163,9 +261,9 @@ def test_embeddings_are_shared_by_hash_and_saved_idempotently(store):
 
 def test_rename_keeps_the_document_and_a_new_file_at_the_old_path_is_new(store):
     document_id = add_active(store, "old.txt", ["text"])
-    store.record_scan("docs", [], [observed("new.txt", "hash-old.txt")], [("old.txt", "new.txt")], [])
+    store.record_scan("docs", [], [observed("new.txt", "hash-old.txt")], [("old.txt", "new.txt")], [], shards=1)
     assert store.documents_of("docs")["new.txt"].id == document_id
-    store.record_scan("docs", [observed("old.txt", "other")], [], [], [])
+    store.record_scan("docs", [observed("old.txt", "other")], [], [], [], shards=1)
     documents = store.documents_of("docs")
     assert documents["old.txt"].id != document_id and documents["new.txt"].id == document_id
 
@@ -198,7 +296,7 @@ def test_staged_chunks_go_live_only_once_all_are_embedded(store):
     assert store.stage_chunks(document_id, "hash-a.txt", edit, "settings", "m@1") is False
     assert sorted(hit.text for hit in store.chunk_hits(list(range(1, 10))).values()) == ["keep", "old"]
     assert store.shards_needing_ingest("docs", 1, "settings", "m@1") == {0}
-    assert store.chunks_to_embed(0, 1, "m@1") == [("h-new", "new")]
+    assert flat(store.chunks_to_embed(0, 1, "m@1")) == [("h-new", "new")]
     assert store.publish_staged(0, 1, "m@1") == 0  # "new" has no vector yet
     store.save_embeddings("m@1", ["h-new"], np.ones((1, 4), dtype=np.float32))
     assert store.publish_staged(0, 1, "m@1") == 1
@@ -215,18 +313,18 @@ def test_stages_of_changed_quarantined_or_purged_documents_are_dropped(store):
     second = add_active(store, "b.txt", ["b"])
     for document_id in (first, second):
         store.stage_chunks(document_id, f"hash-{'a' if document_id == first else 'b'}.txt", [chunk(0, "z")], "s", "m")
-    store.record_scan("docs", [observed("a.txt", "edited")], [], [], [])
-    store.set_document_text(first, "edited", "edited text")  # the stage of a.txt is now stale
+    store.record_scan("docs", [observed("a.txt", "edited")], [], [], [], shards=1)
+    set_document_text(store, first, "edited", "edited text")  # the stage of a.txt is now stale
     assert store.discard_stale_stages(0, 1, "s") == 1
     assert store.publish_staged(0, 1, "m") == 0
-    store.quarantine_document(second, "hash-b.txt", "bad bytes")
+    quarantine_document(store, second, "hash-b.txt", "bad bytes")
     store.stage_chunks(first, "edited", [chunk(0, "y")], "s", "m")
-    store.purge_document(first)
+    purge_document(store, first)
     with store.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(staged_chunks)).scalar_one() == 0
 
 
-@pytest.mark.parametrize("race", ["touched", "moved"])
+@pytest.mark.parametrize("race", ["changed", "moved"])
 def test_a_row_purged_between_diff_and_record_scan_comes_back_pending(tmp_path, store_url, race):
     from grace.sensors.scan import diff_folder, list_files
     from tests.fakes import HashingEmbedderResource
@@ -241,9 +339,9 @@ def test_a_row_purged_between_diff_and_record_scan_comes_back_pending(tmp_path, 
     else:
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     found = diff_folder(source, store.documents_of("docs"), list_files(source.path, source.patterns))
-    assert (len(found.moved), len(found.touched)) == ((1, 1) if race == "moved" else (0, 1))
-    store.purge_document(store.documents_of("docs")["note.txt"].id)  # an ingest run got there first
-    events = store.record_scan("docs", found.changed, found.touched, found.moved, found.deleted)
+    assert (len(found.moved), len(found.changed)) == ((1, 0) if race == "moved" else (0, 1))
+    purge_document(store, store.documents_of("docs")["note.txt"].id)  # an ingest run got there first
+    events = store.record_scan("docs", found.changed, found.touched, found.moved, found.deleted, shards=1)
     expected_path = "renamed.txt" if race == "moved" else "note.txt"
     row = store.documents_of("docs")[expected_path]
     assert events == 1 and row.status == "pending"
@@ -253,6 +351,6 @@ def test_a_row_purged_between_diff_and_record_scan_comes_back_pending(tmp_path, 
 
 def test_a_deletion_of_a_row_already_purged_is_a_no_op(store):
     document_id = add_active(store, "a.txt", ["text"])
-    store.purge_document(document_id)  # an ingest run removed it after the scan listed it
-    assert store.record_scan("docs", [], [], [], ["a.txt"]) == 0
+    purge_document(store, document_id)  # an ingest run removed it after the scan listed it
+    assert store.record_scan("docs", [], [], [], ["a.txt"], shards=1) == 0
     assert store.documents_of("docs") == {}

@@ -78,7 +78,8 @@ def test_delete_leaves_search_after_one_tick_and_run(deployment):
     stats = deployment.stats()["total"]
     assert stats["total_embeddings"] == 1 and stats["tombstoned"] == 1
     check = deployment.check()
-    assert not check.passed and check.metadata["orphan_vectors"].value == 1
+    assert check.passed and check.metadata["orphan_vectors"].value == 1 and "shard" in check.description
+    assert check.metadata["stale_shards"].value == 1
     for shard in range(2):
         deployment.rebuild(shard)
     assert deployment.check().passed
@@ -127,8 +128,6 @@ def test_journal_records_what_watchdog_reports(tmp_path):
     assert journal.drain() == Dirty()
     journal.on_any_event(DirDeletedEvent(str(tmp_path)))
     assert journal.drain() is None  # the folder itself went away: only a full scan can tell
-
-
 
 
 def test_watchdog_events_drive_ticks_and_reconcile_finds_missed_changes(tmp_path):

@@ -148,7 +148,9 @@ class IndexConfig(Section):
 
     shards: int = Field(default=4, ge=1, le=256, description="static partitions, 1 to 256")
     trees: int = Field(default=50, ge=1, le=1000, description="Annoy trees per shard")
-    search_k: int = Field(default=25000, ge=1, description="Annoy nodes inspected per query; higher = better recall")
+    search_k: int = Field(
+        default=25000, ge=1, description="Annoy nodes inspected per query, shared by the shards; higher = better recall"
+    )
     rebuild: RebuildConfig = RebuildConfig()
 
 

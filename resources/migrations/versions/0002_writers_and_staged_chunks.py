@@ -45,9 +45,7 @@ def upgrade() -> None:
     if next_chunk_id is not None:
         # SQLite rebuilt the table, and with it the id counter from the highest id left:
         # restore it, since a built index may still name a deleted chunk's higher id.
-        bind.exec_driver_sql(
-            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'chunks'", (next_chunk_id,)
-        )
+        bind.exec_driver_sql("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'chunks'", (next_chunk_id,))
 
 
 def downgrade() -> None:
@@ -61,9 +59,7 @@ def downgrade() -> None:
 def _rechunk_documents_with_duplicate_ordinals() -> None:
     # Two 0.1.0 runs racing on one document could leave doubled ordinals, which the new
     # constraint refuses: drop those chunks and let the next run cut the document again.
-    doubled = (
-        "SELECT document_id FROM chunks GROUP BY document_id, ordinal HAVING COUNT(*) > 1"
-    )
+    doubled = "SELECT document_id FROM chunks GROUP BY document_id, ordinal HAVING COUNT(*) > 1"
     op.execute(f"UPDATE documents SET chunked_hash = NULL WHERE id IN ({doubled})")
     op.execute(f"DELETE FROM chunks WHERE document_id IN ({doubled})")
 
