@@ -26,6 +26,11 @@ class ShardLayout:
         known = _checked_layouts.get((self.engine.url, shards))
         if known is not None:
             return known
+        with self.engine.connect() as connection:  # a plain read first: searches never wait on writers
+            row = connection.execute(select(shard_layout)).first()
+        if row is not None and row.shards == shards:
+            _checked_layouts[(self.engine.url, shards)] = row.epoch
+            return row.epoch
         for _attempt in range(3):
             try:
                 epoch = _lay_out(self.writer, shards)
