@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from grace.core.api_config import ApiConfig
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.routing import RoutingConfig
@@ -215,6 +216,7 @@ class Manifest(Section):
     # Validated even when absent, so that its folders resolve against grace.yaml's folder.
     routing: RoutingConfig = Field(default={}, validate_default=True)
     keys: KeysConfig = Field(default={}, validate_default=True)
+    api: ApiConfig = ApiConfig()
 
     @field_validator("state_dir")
     @classmethod
@@ -262,6 +264,15 @@ class Manifest(Section):
                     f"routing.inbox ({inbox}) overlaps source '{source.name}' ({source.path}): task files "
                     "would be ingested as documents; give the inbox a folder of its own"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _api_source_exists(self) -> Manifest:
+        names = [source.name for source in self.sources]
+        if self.api.ingest_source is not None and self.api.ingest_source not in names:
+            raise ValueError(
+                f"api.ingest_source {self.api.ingest_source!r} names no source; use one of: {', '.join(names) or 'none'}"
+            )
         return self
 
     @model_validator(mode="after")
