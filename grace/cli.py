@@ -13,10 +13,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from grace.cli_keys import add_key_commands, ensure_key_file
 from grace.cli_model import add_model_commands, ensure_model
+from grace.cli_status import add_status_command
 from grace.cli_tasks import add_task_commands, positive_int, print_drift
-from grace.core.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from grace.core.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
 from grace.core.names import WEBSERVER_ENV
 from grace.core.secrets import SecretError, parse_secret_ref
+from grace.drill import add_drill_command
+from grace.serve import add_serve_commands, api_child_problem, client_url, start_api_child
 
 DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
 
@@ -70,12 +73,15 @@ def _parser() -> argparse.ArgumentParser:
         help="Dagster home to render dagster.yaml into and run in (default: state_dir/dagster_home); "
         "a DAGSTER_HOME in the environment is not used, so an existing instance is never overwritten",
     )
+    dev.add_argument("--no-api", action="store_true", help="do not serve the HTTP API beside Dagster")
+    dev.add_argument("--api-port", type=_port, help="HTTP API port (default: api.port in grace.yaml)")
     dev.set_defaults(handler=_dev)
 
     search = commands.add_parser("search", help="semantic search over everything ingested")
     search.add_argument("query", help="what to look for, in your own words")
     search.add_argument("-k", type=positive_int, default=5, help="number of results (default 5)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
+    search.add_argument("--local", action="store_true", help="search in this process, not through `grace serve`")
     _config_option(search)
     search.set_defaults(handler=_search)
 
@@ -96,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     add_task_commands(commands, _config_option)
     add_key_commands(commands, _config_option)
     add_model_commands(commands, _config_option)
+    add_status_command(commands, _config_option)
+    add_drill_command(commands)
+    add_serve_commands(commands, _config_option)
     return parser
 
 
@@ -156,6 +165,12 @@ def _dev(args: argparse.Namespace) -> int:
         )
         return 2
     port = args.port or manifest.daemon.port
+    api_port = args.api_port or manifest.api.port
+    serves_api = manifest.api.with_dev and not args.no_api
+    problem = api_child_problem(manifest, api_port) if serves_api else None
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     environment = {
         **os.environ,
         **OFFLINE_ENVIRONMENT,
@@ -166,8 +181,13 @@ def _dev(args: argparse.Namespace) -> int:
     dagster = str(Path(sys.executable).with_name("dagster"))
     command = [dagster, "dev", "-h", manifest.daemon.host, "-p", str(port), "-w", str(workspace)]
     watched = ", ".join(str(source.path) for source in manifest.sources) or "no folders (add sources to grace.yaml)"
+    api = ""
+    if serves_api:
+        start_api_child(manifest_path, api_port, environment)
+        api = f"; API on {client_url(manifest.api.host, api_port)}"
     print(
-        f"grace: watching {watched}; task files in {manifest.routing.inbox}; UI on http://{manifest.daemon.host}:{port}",
+        f"grace: watching {watched}; task files in {manifest.routing.inbox}; "
+        f"UI on http://{manifest.daemon.host}:{port}{api}",
         flush=True,
     )
     # A shell that ignores SIGINT would pass that on, and dagster dev copies it to SIGTERM.
@@ -205,29 +225,48 @@ def _lock_state_dir(state_dir: Path) -> bool:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from grace.api import search
-    from grace.resources.search import hit_dict, repair_query
-
     if not args.query.strip():
         print("grace search: the query is empty; pass some words to search for", file=sys.stderr)
         return 2
-    query, replaced = repair_query(args.query)
-    if replaced:
+    query = args.query
+    if any("\ud800" <= character <= "\udfff" for character in query):  # undecodable bytes from argv (PEP 383)
+        from grace.resources.search import repair_query
+
+        query, _replaced = repair_query(query)
         print(
             f"grace search: the query is not valid UTF-8; searching for {query!r}, each undecodable byte "
             "replaced by U+FFFD (set a UTF-8 locale or fix the terminal's encoding)",
             file=sys.stderr,
         )
-    hits = search(query, args.k, args.config)
+    manifest = load_manifest(args.config)
+    hits = None if args.local else _warm_search(manifest, query, args.k)
+    if hits is None:
+        from grace.resources.search import hit_dict
+        from grace.resources.services import open_searcher
+
+        hits = [hit_dict(hit) for hit in open_searcher(manifest).search(query, args.k)]
     if args.json:
-        print(json.dumps([hit_dict(hit) for hit in hits], indent=1))
+        print(json.dumps(hits, indent=1))
         return 0
     if not hits:
         print("no results: nothing is ingested yet (see `grace stats`)")
     for rank, hit in enumerate(hits, 1):
-        snippet = " ".join(hit.text.split())[:160]
-        print(f"{rank:>2}. {hit.score:.3f}  {hit.source}/{hit.path} #{hit.chunk}\n    {snippet}")
+        snippet = " ".join(hit["text"].split())[:160]
+        print(f"{rank:>2}. {hit['score']:.3f}  {hit['source']}/{hit['path']} #{hit['chunk']}\n    {snippet}")
     return 0
+
+
+def _warm_search(manifest: Manifest, query: str, k: int) -> list[dict] | None:
+    """The hits from the `grace serve` of this state dir, which has the model loaded; None if none answers."""
+    from grace.api_client import ApiUnavailable, api_token, remote_search, running_server
+
+    url = running_server(manifest)
+    if url is None:
+        return None
+    try:
+        return remote_search(url, query, k, api_token(manifest))
+    except (ApiUnavailable, SecretError):
+        return None
 
 
 def _stats(args: argparse.Namespace) -> int:

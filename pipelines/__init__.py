@@ -1,4 +1,5 @@
-"""Assets, jobs and schedules, built from the manifest alone: the shard pipeline, task jobs, routing stats and keys."""
+"""Assets, jobs and schedules, built from the manifest alone: the shard pipeline, index status, task jobs, routing
+stats and keys."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from grace.pipelines.routing_stats import (
     build_routing_stats_job,
     build_routing_stats_schedule,
 )
+from grace.pipelines.status import build_index_status_checks, index_status_spec
 from grace.pipelines.tasks import build_task_jobs
 
 
@@ -37,12 +39,15 @@ def shard_partitions(shards: int) -> StaticPartitionsDefinition:
     return StaticPartitionsDefinition([str(shard) for shard in range(shards)])
 
 
-def source_spec(source) -> AssetSpec:
+def source_spec(manifest: Manifest, source) -> AssetSpec:
     return AssetSpec(
         key=["sources", source.name],
         group_name="sources",
+        owners=manifest.owners,
         kinds={"folder"},
-        description=f"Watched folder {source.path}",
+        description=f"Watched folder {source.path}: files matching {', '.join(source.patterns)}, read only, never "
+        f"written. Sensor watch_{source.name} records each change and requests an ingest run for the changed "
+        f"shards, tagged grace/origin={source.origin}.",
         metadata={
             "path": str(source.path),
             "patterns": ", ".join(source.patterns),
@@ -54,12 +59,14 @@ def source_spec(source) -> AssetSpec:
 
 def build_pipelines(manifest: Manifest) -> Definitions:
     shards = shard_partitions(manifest.index.shards)
-    specs = [source_spec(source) for source in manifest.sources]
+    specs = [source_spec(manifest, source) for source in manifest.sources]
     with warnings.catch_warnings():
         # The shard assets bind shard_lease with @asset(resource_defs=...), a beta parameter; see lease.py.
         warnings.filterwarnings("ignore", category=BetaWarning, message=".*resource_defs.*")
         ingest_assets = build_ingest_assets(manifest, shards, [spec.key for spec in specs])
         index_asset = build_index_asset(manifest, shards, ingest_assets[-1])
+    status_spec = index_status_spec(manifest, index_asset.key)
+    status_checks = build_index_status_checks(manifest)
     coverage_check = build_coverage_check()
     consistency_check = build_consistency_check(manifest)
     # One process per run: the model loads once, and steps skip the per-step process start.
@@ -81,8 +88,8 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     key_assets = build_key_assets(manifest)
     rotate_keys_job = build_rotate_keys_job(manifest, key_assets)
     return Definitions(
-        assets=[*specs, *ingest_assets, index_asset, stats_asset, *key_assets],
-        asset_checks=[coverage_check, consistency_check],
+        assets=[*specs, *ingest_assets, index_asset, status_spec, stats_asset, *key_assets],
+        asset_checks=[coverage_check, consistency_check, status_checks],
         jobs=[ingest_job, rebuild_job, stats_job, rotate_keys_job, *build_task_jobs(manifest)],
         schedules=[
             build_rebuild_schedule(manifest, rebuild_job),

@@ -1,4 +1,7 @@
-"""vector_index: one Annoy index per shard, rebuilt from the store and swapped in atomically."""
+"""vector_index: one Annoy index per shard, rebuilt from the store and swapped in atomically.
+
+Its metadata is the shard's own (shard_* keys, one partition each); whole-corpus totals are index_status's.
+"""
 
 from collections.abc import Iterator
 
@@ -8,10 +11,13 @@ from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
     AssetsDefinition,
     DefaultScheduleStatus,
     JobDefinition,
     MaterializeResult,
+    MetadataValue,
     PartitionsDefinition,
     RunRequest,
     ScheduleDefinition,
@@ -25,6 +31,7 @@ from grace.core.names import INGEST_JOB, rebuild_tags
 from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource
 from grace.resources.consistency import check_shard
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
+from grace.resources.progress import Progress
 from grace.resources.shard_status import ShardView, inline_refusal, rebuild_shard, shard_view
 
 COVERAGE_CHECK = "index_covers_every_embedding"
@@ -41,12 +48,15 @@ def build_index_asset(
         deps=[embeddings_asset],
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="index",
+        owners=manifest.owners,
         kinds={"annoy"},
         output_required=False,
         description=f"Annoy index per shard ({manifest.index.trees} trees), built into a new file and swapped "
         "in atomically; searches scan newer embeddings exactly until the next build. An ingest run builds it "
         f"when its shard changed by at most {rebuild.inline_max_delta} vectors (and holds at most "
-        f"{rebuild.inline_max_vectors}); the rebuild_index job builds it whatever the delta.",
+        f"{rebuild.inline_max_vectors}); the rebuild_index job builds it whatever the delta. Each partition's "
+        "metadata is that shard's alone (shard_embeddings, shard_pending, shard_index_coverage…); the whole "
+        "corpus's totals and a table of every shard are on index_status.",
     )
     def vector_index(
         context: AssetExecutionContext,
@@ -64,36 +74,52 @@ def build_index_asset(
             if skip:
                 context.log.info(f"shard {shard}: index not rebuilt in this ingest run: {skip}")
                 return
-        rebuilt = rebuild_shard(grace_store, index, shard, model_id)
+        progress = Progress(
+            context.log.info, f"shard {shard} index build", expected_seconds=_last_build_seconds(context, shard)
+        )
+        rebuilt = progress.run(lambda: rebuild_shard(grace_store, index, shard, model_id))
         built, view, seconds = rebuilt.built, rebuilt.view, rebuilt.seconds
         context.log.info(f"shard {shard}: built version {built.version} with {built.items} vectors in {seconds:.2f}s")
-        freed = {}
+        unreferenced = retired = 0
         if context.run.job_name != INGEST_JOB:
             # Vectors belong to no shard, so each shard's rebuild sweeps its share of the hash space.
             unreferenced = grace_store.delete_unreferenced_embeddings(shard, index.shards)
             retired = grace_store.delete_retired_models({model_id, embedder.get().model_id}, shard, index.shards)
-            freed = {"unreferenced_vectors_deleted": unreferenced, "retired_model_vectors_deleted": retired}
         yield MaterializeResult(
             metadata={
-                **_counts(view),
-                **freed,
+                **_shard_counts(view),
+                "unreferenced_vectors_deleted": MetadataValue.int(unreferenced),
+                "retired_model_vectors_deleted": MetadataValue.int(retired),
                 "version": built.version,
-                "items": built.items,
-                "build_seconds": round(seconds, 3),
+                "items": MetadataValue.int(built.items),
+                "build_seconds": MetadataValue.float(round(seconds, 3)),
             }
         )
 
     return vector_index
 
 
-def _counts(view: ShardView) -> dict:
+def _shard_counts(view: ShardView) -> dict:
+    """One shard's numbers, named so: a partition's metadata never looks like the corpus's total."""
     return {
-        "total_embeddings": view.total,
-        "indexed_embeddings": view.indexed,
-        "pending": len(view.pending),
-        "tombstoned": len(view.tombstoned),
-        "index_coverage": view.coverage,
+        "shard": MetadataValue.int(view.shard),
+        "shard_embeddings": MetadataValue.int(view.total),
+        "shard_indexed_embeddings": MetadataValue.int(view.indexed),
+        "shard_pending": MetadataValue.int(len(view.pending)),
+        "shard_tombstoned": MetadataValue.int(len(view.tombstoned)),
+        "shard_index_coverage": MetadataValue.float(float(view.coverage)),
     }
+
+
+def _last_build_seconds(context: AssetExecutionContext, shard: int) -> float | None:
+    """How long this shard's last build took, from its last materialization: the ETA of this one."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("vector_index"), asset_partitions=[str(shard)]), limit=1
+    ).records
+    if not records:
+        return None
+    seconds = records[0].asset_materialization.metadata.get("build_seconds")
+    return float(seconds.value) if seconds is not None else None
 
 
 def build_coverage_check() -> AssetChecksDefinition:
@@ -112,11 +138,10 @@ def build_coverage_check() -> AssetChecksDefinition:
         grace_store, index = store.get(), vector_index.get()
         model_id = grace_store.serving_model(embedder.get().model_id)  # the old model's, while re-embedding
         view = shard_view(grace_store, index, shard, model_id)
-        counts = _counts(view)
         return AssetCheckResult(
             passed=view.coverage == 1.0,
             severity=AssetCheckSeverity.ERROR,
-            metadata={"shard": shard, **counts},
+            metadata=_shard_counts(view),
         )
 
     return index_covers_every_embedding

@@ -1,11 +1,13 @@
 """documents -> chunks -> embeddings, per shard. Each step does whatever its shard has pending,
 so runs that repeat or overlap converge, and a killed run is finished by the next one.
-Every step requires shard_lease, so a run holds its shard's lease however it was launched."""
+Every step requires shard_lease, so a run holds its shard's lease however it was launched, and logs its
+progress (files, chunks, chunks/s, ETA) every PROGRESS_SECONDS of a long run."""
 
 import time
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -18,13 +20,16 @@ from dagster import (
 
 from grace.core.failpoints import failpoint
 from grace.core.manifest import Manifest, SourceConfig
+from grace.pipelines.labels import model_kind, store_kind
 from grace.resources.bindings import EmbedderResource, StoreResource
 from grace.resources.chunk_writes import ChunkCut
 from grace.resources.chunking import chunker_for
 from grace.resources.lease import ShardLeaseResource, lease_resource_defs
+from grace.resources.progress import Progress
 from grace.resources.reading import read_document
 from grace.resources.schema import NewChunk
 from grace.resources.store_text import TextToChunk
+from grace.resources.work_left import chunk_texts_to_embed, documents_to_chunk
 
 BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
@@ -35,15 +40,19 @@ def build_ingest_assets(
 ) -> list[AssetsDefinition]:
     sources = {source.name: source for source in manifest.sources}
     shard_count = manifest.index.shards
+    owners, stored_in = manifest.owners, store_kind(manifest)
 
     @asset(
         partitions_def=shards,
         deps=list(source_keys),
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
-        kinds={"python"},
-        description="Files read into text. Binary, non-UTF-8, empty or oversized files are "
-        "quarantined with a reason; deleted files are removed.",
+        owners=owners,
+        kinds={"python", stored_in},
+        description="Per shard: the changed files of every source read into text (stored encrypted). Binary, "
+        "non-UTF-8, empty or oversized files are quarantined with a reason (metadata quarantine_reasons, and "
+        "`grace stats`); deleted files are removed. Partition = shard; each run does whatever its shard has "
+        "pending.",
     )
     def documents(
         context: AssetExecutionContext, store: StoreResource, shard_lease: ShardLeaseResource
@@ -55,15 +64,14 @@ def build_ingest_assets(
         removed = grace_store.purge_deleted([row.id for row in to_read if row.status == "deleted"])
         # Committed a batch at a time: a kill loses at most the batch being read.
         reads = grace_store.recording_reads(after_commit=lambda: failpoint("documents.after_one"))
+        to_read = [row for row in to_read if row.status != "deleted"]
+        progress = Progress(context.log.info, f"shard {shard} documents", total_files=len(to_read))
         for row in to_read:
-            if row.status == "deleted":
-                continue
             source = sources.get(row.source)
+            result = read_document(source.path, row.path, int(source.max_bytes)) if source else None
             if source is None:
                 context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
-                continue
-            result = read_document(source.path, row.path, int(source.max_bytes))
-            if result is None:
+            elif result is None:
                 vanished.append(row.path)  # the next sensor tick records the deletion
             elif result.problem:
                 reads.quarantine(row, result.content_hash, result.problem)
@@ -75,7 +83,9 @@ def build_ingest_assets(
             else:
                 reads.activate(row, result.content_hash, result.text)
                 active.append(row.path)
+            progress.advance(files=1)
         reads.flush()
+        progress.finish()
         return MaterializeResult(
             metadata={
                 "read": len(active),
@@ -93,9 +103,12 @@ def build_ingest_assets(
         deps=[documents],
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
-        kinds={"python"},
-        description=f"Token-aware chunks of at most {manifest.chunking.max_tokens} model tokens "
-        f"(special tokens included), {manifest.chunking.overlap_tokens} tokens of overlap.",
+        owners=owners,
+        kinds={"python", stored_in},
+        description=f"Per shard: each changed document cut into token-aware chunks of at most "
+        f"{manifest.chunking.max_tokens} model tokens (special tokens included), "
+        f"{manifest.chunking.overlap_tokens} tokens of overlap, so the model never truncates. An edit's new "
+        "chunks are staged until their embeddings exist; the old ones stay searchable meanwhile.",
     )
     def chunks(
         context: AssetExecutionContext,
@@ -110,6 +123,8 @@ def build_ingest_assets(
         discarded = grace_store.discard_stale_stages(shard, shard_count, chunker.settings_key)
         released = grace_store.release_chunked_texts(shard, shard_count, chunker.settings_key)
         published, staged, largest, reread, changed = 0, 0, 0, 0, []
+        total = documents_to_chunk(grace_store, shard, shard_count, chunker.settings_key)
+        progress = Progress(context.log.info, f"shard {shard} chunks", total_files=total)
         for page in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
             cuts = []
             for document in page:
@@ -117,6 +132,7 @@ def build_ingest_assets(
                 if text is None:
                     # Changed or gone since it was read: the documents step reads it anew once a scan sees it.
                     changed.append(document.path)
+                    progress.advance(files=1)
                     continue
                 reread += document.text is None
                 pieces = chunker.split(text)
@@ -125,11 +141,13 @@ def build_ingest_assets(
                     NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)
                 ]
                 cuts.append(ChunkCut(document.document_id, document.text_hash, new_chunks))
+                progress.advance(files=1, chunks=len(new_chunks))
             # An edit's new chunks wait for their embeddings; the old ones stay searchable until then.
             live_now = grace_store.stage_chunks_many(cuts, chunker.settings_key, model.model_id)
             published += sum(live_now)
             staged += len(live_now) - sum(live_now)
             failpoint("chunks.after_one")
+        progress.finish()
         if changed:
             context.log.info(f"{len(changed)} documents not re-chunked: their files changed since they were read")
         return MaterializeResult(
@@ -151,10 +169,12 @@ def build_ingest_assets(
         deps=[chunks],
         resource_defs=lease_resource_defs(manifest.store_url),
         group_name="ingest",
-        kinds={"onnx" if manifest.embedding.backend == "onnx-int8" else "pytorch"},
-        description=f"One vector per distinct chunk text, from {manifest.embedding.model} "
-        f"({manifest.embedding.backend}); "
-        "cached by (model, chunk hash), so unchanged text is never embedded twice.",
+        owners=owners,
+        kinds={model_kind(manifest), stored_in},
+        description=f"Per shard: one vector per distinct chunk text, from {manifest.embedding.model} "
+        f"({manifest.embedding.backend}), cached by (model, chunk hash) so unchanged text is never embedded "
+        "twice; then each document's staged chunks go live in one transaction. A chunk is searchable as soon "
+        "as its vector is stored, before vector_index indexes it.",
     )
     def embeddings(
         context: AssetExecutionContext,
@@ -169,15 +189,20 @@ def build_ingest_assets(
         # One page per commit, saved before the next is read: a hash is embedded once, and a kill
         # loses at most a page.
         group_size = model.batch_size * BATCHES_PER_COMMIT
+        total = chunk_texts_to_embed(grace_store, shard, shard_count, model.model_id)
+        progress = Progress(context.log.info, f"shard {shard} embeddings", total_chunks=total)
         for group in grace_store.chunks_to_embed(shard, shard_count, model.model_id, group_size):
             hashes = [chunk_hash for chunk_hash, _text in group]
             found = grace_store.vectors_from_other_models(hashes, model.model_id)
             if found and not others:
                 context.log.info(f"other models have vectors of these chunks: re-embedding with {model.model_id}")
             others.update(found)
-            grace_store.save_embeddings(model.model_id, hashes, model.encode([text for _hash, text in group]))
+            grace_store.save_embeddings(
+                model.model_id, hashes, _encode(model, [text for _hash, text in group], progress)
+            )
             embedded += len(group)
             failpoint("embeddings.after_group")
+        progress.finish()
         seconds = time.perf_counter() - started
         if others:
             context.log.warning(
@@ -209,6 +234,15 @@ def build_ingest_assets(
         )
 
     return [documents, chunks, embeddings]
+
+
+def _encode(model, texts: list[str], progress: Progress) -> np.ndarray:
+    """Vectors of texts, one model batch per call, so that a slow model still reports its progress in time."""
+    vectors = []
+    for start in range(0, len(texts), model.batch_size):
+        vectors.append(model.encode(texts[start : start + model.batch_size]))
+        progress.advance(chunks=len(vectors[-1]))
+    return np.concatenate(vectors)
 
 
 def _bullets(lines: list[str]) -> str:

@@ -1,5 +1,6 @@
 """Key jobs: rotate_keys (a new primary version when due, every encrypted column rewrapped, provably unused old
-versions destroyed) on keys.cron, and the key_status asset, whose primary_not_overdue check fails when rotation lags.
+versions destroyed) on keys.cron, and the key_status asset, whose primary_not_overdue check fails when rotation lags
+behind its schedule (resources/key_overdue.py).
 
 Dagster reads the config class from the annotations, so this module keeps them unquoted (no __future__ import).
 """
@@ -27,15 +28,16 @@ from pydantic import Field
 from grace.core.manifest import Manifest
 from grace.core.names import origin_tags
 from grace.pipelines.cron import utc_cron_schedule
+from grace.pipelines.labels import store_kind
 from grace.resources.bindings import KeyVaultResource
 from grace.resources.handlers import rotate_and_rewrap
+from grace.resources.key_overdue import KEY_STATUS, OVERDUE_CHECK, OverdueFinding, primary_finding
 from grace.resources.key_tables import KeyStatus, aware_utc
 from grace.resources.key_vault import KeyVault
 
 ROTATE_KEYS_JOB = "rotate_keys"
 KEYS_ORIGIN = "keys"  # grace/origin of key runs: they count against a quota like any routed task
 KEYS_GROUP = "keys"
-OVERDUE_CHECK = "primary_not_overdue"
 SECONDS_PER_DAY = 86_400
 
 
@@ -74,9 +76,12 @@ def key_status(vault: KeyVault, now: datetime | None = None) -> dict:
 def build_key_assets(manifest: Manifest) -> list[AssetsDefinition]:
     """key_versions (materialized by rotating and rewrapping) and key_status (ages, rows, the overdue check)."""
     batch = manifest.keys.rewrap_batch
+    kinds = {"aes-gcm", store_kind(manifest)}
 
     @asset(
         group_name=KEYS_GROUP,
+        owners=manifest.owners,
+        kinds=kinds,
         description="The store's data key versions: a new primary when the current one is due (or config force), "
         f"then every encrypted column rewrapped to it in batches of {batch} rows, then old versions that no row "
         f"uses destroyed (the newest {manifest.keys.min_decryption_versions} are always kept).",
@@ -103,22 +108,30 @@ def build_key_assets(manifest: Manifest) -> list[AssetsDefinition]:
         )
 
     @asset(
-        name="key_status",
+        name=KEY_STATUS,
         group_name=KEYS_GROUP,
+        owners=manifest.owners,
+        kinds=kinds,
         deps=[key_versions],
         check_specs=[
             AssetCheckSpec(
                 OVERDUE_CHECK,
-                asset="key_status",
-                description="The primary key version is not past its rotate_after: rotation keeps up.",
+                asset=KEY_STATUS,
+                description="The primary key version is rotated on time: not still primary an hour after the "
+                "first keys.cron tick at or after its rotate_after. Evaluated after every rotate_keys run, and by "
+                "the keys_overdue sensor, so that a schedule that stopped shows up here.",
             )
         ],
         description="Per key version: status, age in days and rows under it; the primary's age and whether it "
-        "is overdue. Never key material or the KEK.",
+        "is due. Materialized by every rotate_keys run, so its numbers plot over time. Never key material or "
+        "the KEK.",
     )
     def key_status_asset(key_vault: KeyVaultResource) -> MaterializeResult:
-        status = key_status(key_vault.get())
-        return MaterializeResult(metadata=status_metadata(status), check_results=[overdue_check(status)])
+        vault, now = key_vault.get(), aware_utc(None)
+        finding = primary_finding(vault.versions(), manifest.keys.cron, now)
+        return MaterializeResult(
+            metadata=status_metadata(key_status(vault, now)), check_results=[overdue_check(finding)]
+        )
 
     return [key_versions, key_status_asset]
 
@@ -142,22 +155,13 @@ def status_metadata(status: dict) -> dict:
     return metadata
 
 
-def overdue_check(status: dict) -> AssetCheckResult:
-    if status["primary"] is None:
-        description = "no key version yet: the first write or rotate_keys creates version 1"
-    elif status["primary_overdue"]:
-        description = (
-            f"primary key version {status['primary']} was due at {status['primary_rotate_after']}; "
-            "run rotate_keys (or `grace keys rotate`) and check that its schedule is running"
-        )
-    else:
-        description = f"primary key version {status['primary']} is due at {status['primary_rotate_after']}"
+def overdue_check(finding: OverdueFinding) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=OVERDUE_CHECK,
-        passed=not status["primary_overdue"],
+        passed=finding.passed,
         severity=AssetCheckSeverity.ERROR,
-        description=description,
-        metadata={"primary_age_days": MetadataValue.float(status["primary_age_days"] or 0.0)},
+        description=finding.description,
+        metadata=finding.metadata,  # floats and text: Dagster records them as float and text metadata
     )
 
 

@@ -38,9 +38,11 @@ def build_routing_stats_asset(manifest: Manifest) -> AssetsDefinition:
             AssetSpec(
                 "routing_stats",
                 group_name="routing",
+                owners=manifest.owners,
                 kinds={"dagster"},
-                description="Per origin: runs in flight against its quota, queued runs, SLA breaches and "
-                "p50/p95 queue wait over the last hour, from the instance's runs and the tasks table.",
+                description="Per origin (grace/origin tag): runs in flight against its quota (<origin>/utilization, "
+                "<origin>/current_count), queued runs, SLA breaches and p50/p95 queue wait over the last hour, from "
+                "the instance's runs and the tasks table; plotted over time, one point per routing.stats_cron tick.",
             )
         ],
     )

@@ -1,4 +1,4 @@
-"""Sensors: one per watched folder, index freshness, run health, and task routing and status."""
+"""Sensors: one per watched folder, index freshness, overdue keys, run health, and task routing and status."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dagster import JobDefinition, SensorDefinition
 from grace.core.manifest import Manifest
 from grace.sensors.folder import build_folder_sensor
 from grace.sensors.index_freshness import build_freshness_sensor
+from grace.sensors.keys_overdue import build_keys_overdue_sensor
 from grace.sensors.router import build_router_sensor
 from grace.sensors.run_health import build_run_health_sensor
 from grace.sensors.task_status import build_task_status_sensor
@@ -20,6 +21,7 @@ def build_sensors(manifest: Manifest, task_jobs: Sequence[JobDefinition]) -> lis
     return [
         *folder_sensors,
         build_freshness_sensor(manifest),
+        build_keys_overdue_sensor(manifest),
         build_run_health_sensor(),
         build_router_sensor(manifest, task_jobs),
         build_task_status_sensor(manifest),

@@ -20,11 +20,12 @@ from grace.resources.bindings import EmbedderResource, StoreResource
 from grace.resources.chunking import chunker_for
 from grace.sensors.push import pusher_for, run_key, sensor_name
 from grace.sensors.runs import run_in_flight
-from grace.sensors.scan import reconcile
+from grace.sensors.scan import ScanResult, reconcile
 from grace.sensors.watcher import watcher_for
 
 # The sensor daemon loops every 5 s at best; asking for less means "every loop".
 TICK_SECONDS = 2
+LOGGED_PATHS = 3  # paths a tick's message names before it only counts
 
 
 @dataclass
@@ -112,10 +113,34 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             )
         skip = None
         if not requests:
-            skip = f"no changes in {source.path} ({'full scan' if dirty is None else 'events'}){unfinished}"
+            how = "full scan" if dirty is None else "events"
+            recorded = describe_recorded(scan)
+            skip = (
+                f"recorded {recorded} in {source.path}, no run needed ({how}){unfinished}"
+                if recorded
+                else f"no changes in {source.path} ({how}){unfinished}"
+            )
         return SensorResult(run_requests=requests, cursor=cursor.dump(), skip_reason=skip)
 
     return watch_folder
+
+
+def describe_recorded(scan: ScanResult) -> str:
+    """What a scan recorded, e.g. "1 move (a.txt -> b.txt), 2 deleted (x.txt, y.txt)"; "" for nothing."""
+    parts = []
+    if scan.moved:
+        moves = [f"{old} -> {new}" for old, new in scan.moved]
+        parts.append(f"{len(moves)} move{'s' if len(moves) > 1 else ''}{_examples(moves)}")
+    if scan.deleted:
+        parts.append(f"{len(scan.deleted)} deleted{_examples(scan.deleted)}")
+    if scan.changed:
+        parts.append(f"{len(scan.changed)} new or changed{_examples([file.path for file in scan.changed])}")
+    return ", ".join(parts)
+
+
+def _examples(paths: list[str]) -> str:
+    shown = ", ".join(paths[:LOGGED_PATHS])
+    return f" ({shown}{', …' if len(paths) > LOGGED_PATHS else ''})"
 
 
 def _unfinished_work(context, manifest, source, grace_store, embedder, requested: set[int]) -> list[RunRequest]:

@@ -19,10 +19,14 @@ def free_port() -> int:
 
 
 class DevServer:
-    """`grace dev` in its own process group, with a private DAGSTER_HOME; a context manager."""
+    """`grace dev` in its own process group, with a private DAGSTER_HOME; a context manager.
 
-    def __init__(self, manifest: Path, dagster_home: Path, port: int, log: Path):
+    api_port: serve the HTTP API there too (and wait for it); None passes --no-api.
+    """
+
+    def __init__(self, manifest: Path, dagster_home: Path, port: int, log: Path, api_port: int | None = None):
         self.manifest, self.home, self.port, self.log_path = manifest, dagster_home, port, log
+        self.api_port = api_port
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> DevServer:
@@ -45,6 +49,7 @@ class DevServer:
                 str(self.port),
                 "--dagster-home",
                 str(self.home),
+                *(["--no-api"] if self.api_port is None else ["--api-port", str(self.api_port)]),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -57,6 +62,8 @@ class DevServer:
                 raise RuntimeError(f"grace dev exited with {self.process.returncode}; see {self.log_path}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2)
+                if self.api_port is not None:
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health", timeout=2)
                 return
             except OSError:
                 time.sleep(0.5)

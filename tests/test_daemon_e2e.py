@@ -75,9 +75,9 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         [repository] = location["locationOrLoadError"]["repositories"]
         assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
         pipeline = {"sources/documents", "documents", "chunks", "embeddings", "vector_index"}
-        assert assets == pipeline | {"routing_stats", "key_versions", "key_status"}
+        assert assets == pipeline | {"index_status", "routing_stats", "key_versions", "key_status"}
         sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-        expected = ["watch_documents", "index_freshness", "run_health", "route_tasks", "task_status"]
+        expected = ["watch_documents", "index_freshness", "keys_overdue", "run_health", "route_tasks", "task_status"]
         assert sensors == dict.fromkeys(expected, "RUNNING")
         for name, text in DOCUMENTS.items():
             (inbox / name).parent.mkdir(parents=True, exist_ok=True)

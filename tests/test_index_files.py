@@ -67,10 +67,9 @@ def exact_top(deployment: Deployment, query: str, k: int) -> tuple[np.ndarray, n
 
 
 def freshness_requests(deployment: Deployment) -> list[RunRequest]:
-    """One real evaluation of the index_freshness sensor (it returns requests or a SkipReason)."""
+    """One real evaluation of the index_freshness sensor (a SensorResult: requests, index_status's report)."""
     context = build_sensor_context(instance=deployment.instance, resources=deployment.resources)
-    result = deployment.defs.resolve_sensor_def("index_freshness")(context)
-    return result if isinstance(result, list) else []
+    return list(deployment.defs.resolve_sensor_def("index_freshness")(context).run_requests or [])
 
 
 def search_in_subprocess(deployment: Deployment, queries: list[str], k: int) -> list[list[list]]:

@@ -216,7 +216,7 @@ def set_naive_rotate_after(vault: KeyVault, naive: datetime) -> None:
 def test_key_status_records_ages_and_rows_and_its_check_fails_when_the_primary_is_overdue(deployment, kek):
     manifest, store = deployment
     vault, instance = vault_of(manifest, store), DagsterInstance.ephemeral()
-    vault.rotate(utc_now() - 2 * DAY)  # due a day ago
+    vault.rotate(utc_now() - 3 * DAY)  # due two days ago: past keys.cron's next tick, plus the hour its run has
     written = seed_text(vault, documents_count=3, chunks_per_document=2)
     key_assets = build_key_assets(manifest)
 
@@ -232,7 +232,7 @@ def test_key_status_records_ages_and_rows_and_its_check_fails_when_the_primary_i
     metadata = {key: value.value for key, value in materialization.materialization.metadata.items()}
     assert metadata["primary"] == 1 and metadata["primary_overdue"] is True
     assert metadata["v1/rows"] == len(written)
-    assert 1.99 < metadata["v1/age_days"] < 2.01 and 1.99 < metadata["primary_age_days"] < 2.01
+    assert 2.99 < metadata["v1/age_days"] < 3.01 and 2.99 < metadata["primary_age_days"] < 3.01
     assert metadata["kek"] == f"environment variable {KEK_VARIABLE} (env:{KEK_VARIABLE})"
     assert kek not in repr(metadata) and base64.b64decode(kek).hex() not in repr(metadata)
 

@@ -26,6 +26,15 @@ LAYERS = {
     "grace.cli_keys": 3,
     "grace.cli_model": 3,
     "grace.api": 3,
+    "grace.api_client": 3,
+    "grace.serve": 3,
+    "grace.http_api": 3,
+    "grace.http_io": 3,
+    "grace.http_ingest": 3,
+    "grace.status": 3,
+    "grace.cli_status": 3,
+    "grace.drill": 3,
+    "grace.drill_stages": 3,
 }
 SHELL = 3  # the code location, the CLI and the Python API may use one another
 

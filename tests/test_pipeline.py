@@ -123,4 +123,4 @@ def test_vector_index_materialization_reports_coverage_check(deployment):
         ("index_matches_store", True),
     ]
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
-    assert metadata["index_coverage"].value == 1.0 and metadata["items"].value == 1
+    assert metadata["shard_index_coverage"].value == 1.0 and metadata["items"].value == 1

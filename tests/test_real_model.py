@@ -185,7 +185,7 @@ def test_a_deleted_index_is_scanned_exactly_then_rebuilt(deployment):
         assert deployment.search(query, k=1)[0].path == expected, query
     assert deployment.stats()["shards"][shard]["index_problem"]
     with build_sensor_context(instance=deployment.instance, resources=deployment.resources) as context:
-        requested = deployment.defs.resolve_sensor_def("index_freshness")(context)
+        requested = deployment.defs.resolve_sensor_def("index_freshness")(context).run_requests
     assert [request.partition_key for request in requested] == [str(shard)]
     assert deployment.rebuild(shard).success
     assert deployment.check().passed and deployment.stats()["total"]["index_coverage"] == 1.0

@@ -42,9 +42,9 @@ def test_a_burst_never_exceeds_any_quota_or_the_capacity(deployment):
     # Alpha's tasks head the queue: the queue must skip those over alpha's quota, and fill the
     # capacity with beta's while gamma's, under quota, wait for a free slot.
     task_ids = [
-        deployment.submit(type="echo", origin=origin, payload={"message": f"{origin} {n}", "sleep_ms": 3000})
+        deployment.submit(type="echo", origin=origin, payload={"message": f"{origin} {n}", "sleep_ms": 2000})
         for origin in ("alpha", "beta", "gamma")
-        for n in range(20)
+        for n in range(8)
     ]
     records = deployment.wait_until_ended(task_ids, timeout=600)
     assert {record.status for record in records.values()} == {"succeeded"}

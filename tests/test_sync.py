@@ -159,7 +159,7 @@ def test_watchdog_events_drive_ticks_and_reconcile_finds_missed_changes(tmp_path
 def rebuilds_requested(deployment) -> list[str]:
     context = build_sensor_context(instance=deployment.instance, resources=deployment.resources)
     result = deployment.defs.resolve_sensor_def("index_freshness")(context)
-    return sorted(request.partition_key for request in result) if isinstance(result, list) else []
+    return sorted(request.partition_key for request in result.run_requests or [])
 
 
 def test_rebuild_policy_follows_the_stale_fraction(deployment):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ByteSize,
     ConfigDict,
@@ -21,6 +22,7 @@ from pydantic import (
 from grace.core.api_config import ApiConfig
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
+from grace.core.owners import DEFAULT_OWNERS, check_owner
 from grace.core.routing import RoutingConfig
 from grace.core.secrets import check_key_file, parse_secret_ref
 from grace.core.validators import resolve_path, validate_cron
@@ -217,6 +219,11 @@ class Manifest(Section):
     routing: RoutingConfig = Field(default={}, validate_default=True)
     keys: KeysConfig = Field(default={}, validate_default=True)
     api: ApiConfig = ApiConfig()
+    owners: list[Annotated[str, AfterValidator(check_owner)]] = Field(
+        default=list(DEFAULT_OWNERS),
+        min_length=1,
+        description="who answers for Grace's assets, shown on each in the Dagster UI: emails or team:<name>",
+    )
 
     @field_validator("state_dir")
     @classmethod
@@ -271,7 +278,8 @@ class Manifest(Section):
         names = [source.name for source in self.sources]
         if self.api.ingest_source is not None and self.api.ingest_source not in names:
             raise ValueError(
-                f"api.ingest_source {self.api.ingest_source!r} names no source; use one of: {', '.join(names) or 'none'}"
+                f"api.ingest_source {self.api.ingest_source!r} names no source; "
+                f"use one of: {', '.join(names) or 'none'}"
             )
         return self
 
