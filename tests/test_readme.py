@@ -98,3 +98,10 @@ def test_quick_start_python_imports_exist():
         loaded = importlib.import_module(module)
         for name in (name.strip() for name in names.split(",")):
             assert hasattr(loaded, name), f"README names {module}.{name}, which does not exist"
+
+
+def test_the_readme_shows_the_shipped_grace_yaml_whole():
+    shown = README[README.index("## grace.yaml") :]
+    shown = shown[shown.index("```yaml\n") + len("```yaml\n") :]
+    shipped = (REPOSITORY / "grace.yaml").read_text(encoding="utf-8")
+    assert shown[: shown.index("```")] == shipped[shipped.index("state_dir:") :], "copy grace.yaml into the README"
