@@ -29,6 +29,13 @@ class RoutingConfig(BaseModel):
         default_factory=lambda: {"intent": 12, "ingest": 8},
         description="runs at once per origin (the grace/origin tag); each quota at most capacity",
     )
+    shard_runs: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="shard runs (ingest and rebuild_index) at once, every shard together: how many shards are "
+        "processed in parallel (default: as many as capacity allows); each shard still has at most one run",
+    )
     routes: dict[TaskType, HandlerName] = Field(
         default_factory=lambda: {name: name for name in BUILTIN_HANDLERS},
         description="task type -> handler: a built-in (ingest, search, reindex) or an @handler in the handlers folder",
@@ -52,6 +59,8 @@ class RoutingConfig(BaseModel):
             raise ValueError(f"quotas above capacity {self.capacity}: {over}{hint}; lower them or raise capacity")
         if self.default_quota > self.capacity:
             raise ValueError(f"default_quota {self.default_quota} is above capacity {self.capacity}")
+        if self.shard_runs is not None and self.shard_runs > self.capacity:
+            raise ValueError(f"shard_runs {self.shard_runs} is above capacity {self.capacity}")
         if not self.routes:
             raise ValueError("routes is empty, so no task could run; map at least one task type to a handler")
         # Resolved here (not by a field validator) so that the folder below is the one checked.
@@ -88,6 +97,8 @@ def run_queue_limits(routing: RoutingConfig) -> dict:
             # (sensor, backfill, UI, schedule), so a second run of a shard waits in the queue
             # instead of waiting on the shard's lease in a worker.
             {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            # ...and this many shard runs at once, whichever shards: the parallelism of ingest and rebuilds.
+            *([{"key": PARTITION_TAG, "limit": routing.shard_runs}] if routing.shard_runs is not None else []),
         ],
     }
 
