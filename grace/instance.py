@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from grace.core.database_config import PASSWORD_ENV, PSYCOPG2_SCHEME
 from grace.core.manifest import Manifest
 from grace.core.names import CODE_LOCATION
 from grace.core.routing import RoutingConfig, instance_drift, run_queue_limits
@@ -21,8 +22,12 @@ CANCEL_TIMEOUT_SECONDS = 45
 
 
 def instance_config(manifest: Manifest) -> dict:
-    """Telemetry off; the run queue enforces routing's capacity and quotas, and one run per shard."""
+    """Telemetry off; the run queue enforces routing's capacity and quotas, and one run per shard.
+
+    With database: on PostgreSQL, runs, event logs and schedules live there too (else SQLite in the home).
+    """
     return {
+        **postgres_storage(manifest),
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
         # The code server fails a run whose worker it saw die; a hung worker, or one whose code
@@ -53,10 +58,39 @@ def instance_config(manifest: Manifest) -> dict:
     }
 
 
+def postgres_storage(manifest: Manifest) -> dict:
+    """dagster-postgres storage on database.url, or {} (SQLite storage in the home) when that is not PostgreSQL.
+
+    No password here: libpq takes it from PGPASSWORD, which load_manifest sets from database.password.
+    """
+    if manifest.database is None or not manifest.database.is_postgres:
+        return {}
+    from sqlalchemy import make_url
+
+    url = make_url(manifest.store_url)
+    database = {
+        "username": url.username or "",
+        "hostname": url.host or "",
+        "db_name": url.database or "",
+        "port": url.port or 5432,
+        # psycopg2, as the store uses: a bare postgresql:// would ask SQLAlchemy 2.1 for psycopg 3.
+        "scheme": PSYCOPG2_SCHEME,
+    }
+    if url.query:
+        database["params"] = dict(url.query)
+    return {"storage": {"postgres": {"postgres_db": database}}}
+
+
 def render_instance(manifest: Manifest, dagster_home: Path, manifest_dir: Path) -> Path:
     """Write dagster.yaml and workspace.yaml (the code location "grace") into the Dagster home."""
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(HEADER + yaml.safe_dump(instance_config(manifest), sort_keys=False))
+    config = instance_config(manifest)
+    header = HEADER
+    if manifest.database is not None and manifest.database.password is not None and "storage" in config:
+        header += (
+            f"# The PostgreSQL password comes from {manifest.database.password} via {PASSWORD_ENV}, never this file.\n"
+        )
+    (dagster_home / "dagster.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
     workspace = {
         "load_from": [
             {

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -116,8 +117,17 @@ def problem_with(model_dir: Path) -> str | None:
     return None
 
 
+def _to_stderr(message: str) -> None:
+    # stdout is a command's answer (`grace search --json`): a one-time build must not mix into it.
+    print(message, file=sys.stderr, flush=True)
+
+
 def ensure_onnx_model(
-    cache_root: Path, source_dir: Path, name: str = "model", log: Callable[[str], None] = print, force: bool = False
+    cache_root: Path,
+    source_dir: Path,
+    name: str = "model",
+    log: Callable[[str], None] = _to_stderr,
+    force: bool = False,
 ) -> Path:
     """The verified cache folder of source_dir's int8 ONNX model, building it first if needed.
 

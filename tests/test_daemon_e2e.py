@@ -9,8 +9,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import sqlalchemy
 import yaml
 from dagster import DagsterInstance
+from sqlalchemy.pool import NullPool
 
 from grace.core.manifest import load_manifest
 from grace.resources.bindings import build_resources
@@ -138,3 +140,38 @@ def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, sto
         assert sorted(hit["path"] for hit in everything) == ["chess-final.md", "orchard.txt", "recipe.txt"]
         assert not any("Lava" in hit["text"] or "tomatoes" in hit["text"] for hit in everything)
     assert not group_alive(group), "every process grace dev started is stopped"
+
+
+def test_database_puts_the_dagster_instance_and_the_store_on_postgresql(tmp_path, postgres_url):
+    """database: one URL, its password from a 0600 file that every daemon process reads (the server trusts us)."""
+    password = tmp_path / "db.password"
+    password.write_text("unused-under-trust\n")
+    password.chmod(0o600)
+    manifest = tmp_path / "grace.yaml"
+    manifest.write_text(
+        f"state_dir: state\ndatabase: {{url: {postgres_url}, password: 'file:db.password'}}\n"
+        "sources:\n  - {name: documents, path: inbox/documents}\nindex: {shards: 2, trees: 10}\n"
+    )
+    home = tmp_path / "dagster_home"
+    inbox = tmp_path / "inbox" / "documents"
+    with DevServer(manifest, home, free_port(), tmp_path / "dagster-dev.log"):
+        assert "postgres" in yaml.safe_load((home / "dagster.yaml").read_text())["storage"]
+        for name, text in DOCUMENTS.items():
+            (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+            (inbox / name).write_text(text)
+
+        def indexed_everything():
+            stats = json.loads(grace("stats", "--json", "-c", str(manifest), cwd=tmp_path).stdout)["total"]
+            return stats["indexed_embeddings"] == len(DOCUMENTS) and stats["index_coverage"] == 1.0
+
+        wait_for(indexed_everything, timeout=240)
+        search = ("search", "an eruption disrupted flights", "-k", "1", "--json", "-c", str(manifest))
+        hits = json.loads(grace(*search, cwd=tmp_path).stdout)
+        assert [(hit["path"], hit["text"]) for hit in hits] == [("volcano.txt", DOCUMENTS["volcano.txt"])]
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        jobs = connection.exec_driver_sql("SELECT pipeline_name FROM runs").scalars().all()
+        documents = connection.exec_driver_sql("SELECT count(*) FROM documents").scalar_one()
+    engine.dispose()
+    assert "ingest" in jobs and documents == len(DOCUMENTS), "Dagster's runs and Grace's documents, side by side"
+    assert not (home / "history" / "runs.db").exists(), "no run storage on SQLite in the Dagster home"

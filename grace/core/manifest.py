@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from grace.core.api_config import ApiConfig
+from grace.core.database_config import DatabaseConfig, export_password, override_from_environment, with_psycopg2
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.owners import DEFAULT_OWNERS, check_owner
@@ -207,7 +208,12 @@ class Manifest(Section):
     store: str | None = Field(
         default=None,
         description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg2://user@host/db; "
-        "default: SQLite in state_dir",
+        "default: SQLite in state_dir; database: replaces it",
+    )
+    database: DatabaseConfig | None = Field(
+        default=None,
+        description="one URL for the store and the Dagster instance (runs, event logs, schedules), "
+        "its password by reference; default: SQLite in state_dir",
     )
     sources: list[SourceConfig] = Field(default_factory=list)
     chunking: ChunkingConfig = ChunkingConfig()
@@ -224,6 +230,11 @@ class Manifest(Section):
         min_length=1,
         description="who answers for Grace's assets, shown on each in the Dagster UI: emails or team:<name>",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_from_environment(cls, data: object) -> object:
+        return override_from_environment(data)
 
     @field_validator("state_dir")
     @classmethod
@@ -263,6 +274,15 @@ class Manifest(Section):
         return sources
 
     @model_validator(mode="after")
+    def _one_database(self) -> Manifest:
+        if self.store is not None and self.database is not None:
+            raise ValueError(
+                "store: and database: are both set; database.url replaces store: (and also moves the Dagster "
+                "instance to PostgreSQL): keep only database:"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _inbox_apart_from_sources(self) -> Manifest:
         inbox = self.routing.inbox
         for source in self.sources:
@@ -295,8 +315,9 @@ class Manifest(Section):
 
     @property
     def store_url(self) -> str:
-        """The store URL, defaulting to SQLite inside state_dir."""
-        return self.store or f"sqlite:///{self.state_dir / 'grace.db'}"
+        """The store URL (never with database.password in it), defaulting to SQLite inside state_dir."""
+        url = self.database.url if self.database is not None else self.store
+        return with_psycopg2(url or f"sqlite:///{self.state_dir / 'grace.db'}")
 
     @property
     def index_dir(self) -> Path:
@@ -331,4 +352,6 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         ) from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
         raise ManifestError(str(manifest_path), [(0, "(file)", f"cannot be read: {error}")]) from None
-    return parse_manifest(text, str(manifest_path), manifest_path.resolve().parent)
+    manifest = parse_manifest(text, str(manifest_path), manifest_path.resolve().parent)
+    export_password(manifest.database)
+    return manifest
