@@ -132,8 +132,9 @@ def key_status(config: str | Path | None = None) -> dict:
     the KEK lives (never the KEK). Raises SecretError or KeyVaultError when the KEK is missing or wrong."""
     from grace.pipelines.keys import key_status as status_of
 
-    with _key_vault(load_manifest(config), "api") as vault:
-        return status_of(vault)
+    manifest = load_manifest(config)
+    with _key_vault(manifest, "api") as vault:
+        return status_of(vault, manifest.keys.cron)
 
 
 def rotate_keys(force: bool = False, config: str | Path | None = None, via: str = "api") -> dict:

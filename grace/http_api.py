@@ -7,6 +7,7 @@ and tasks go to the router's store, and search asks the same Searcher as `grace 
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -31,6 +32,8 @@ from grace.http_io import ApiError, TokenGate, error_response, read_json, valida
 from grace.resources.search import Searcher, SearchHit, hit_dict, index_stats
 from grace.resources.taskbook import DuplicateTask
 
+LOG = logging.getLogger("grace.http")
+QUARANTINED_LISTED = 100  # a hostile drop can quarantine thousands; the stats answer stays small
 INTENT_FIELDS = {"task_id": "intent_id", "type": "domain"}  # an intent's problems, named as the intent names them
 
 
@@ -101,7 +104,11 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette):
         await run_in_threadpool(services.warm_up)
-        yield
+        try:
+            yield
+        finally:
+            if searcher is None:  # opened here, so closed here
+                services.searcher.store.dispose()
 
     return Starlette(
         routes=_routes(services),
@@ -221,7 +228,7 @@ def _seed_stats(stats: dict) -> dict:
         "model_id": stats["model_id"],
         "documents": {name: total[f"documents_{name}"] for name in ("active", "pending", "quarantined", "deleted")},
         "shards": stats["shards"],
-        "quarantined": stats["quarantined"],
+        "quarantined": stats["quarantined"][:QUARANTINED_LISTED],  # documents.quarantined has the count
         "reembedding": stats["reembedding"],
     }
 
@@ -287,10 +294,12 @@ def _routing_stats(services: Services) -> dict:
 
 def _key_status(services: Services) -> dict:
     from grace.api import key_status
+    from grace.resources.key_tables import KeyVaultError
 
     try:
         return key_status(services.config)
-    except (SecretError, RuntimeError) as error:  # a KEK missing or unsafe; KeyVaultError (wrong KEK)
+    except (SecretError, KeyVaultError) as error:  # a KEK missing, unsafe or wrong
+        LOG.warning("GET /api/keys/status: %s", error)
         raise ApiError(503, f"the key status needs the KEK: {error}") from None
 
 
@@ -311,12 +320,14 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(error.status_code, message, headers=error.headers)
 
 
-async def _store_error(_request: Request, error: Exception) -> JSONResponse:
-    problem = str(error).splitlines()[0]
+async def _store_error(request: Request, error: Exception) -> JSONResponse:
+    # The server's log gets the database's own words; the client, which may not own the server, gets none.
+    LOG.error("%s %s: the store failed: %s", request.method, request.url.path, str(error).splitlines()[0])
     return error_response(
-        503, f"the store failed: {problem}; check store: in grace.yaml and that its database is running"
+        503, "the store failed; see the server's log, check the store in grace.yaml and that its database is running"
     )
 
 
-async def _internal_error(_request: Request, error: Exception) -> JSONResponse:
-    return error_response(500, f"internal error: {type(error).__name__}: {error}")
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    LOG.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return error_response(500, "internal error; see the server's log")

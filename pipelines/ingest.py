@@ -7,7 +7,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-import numpy as np
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -197,10 +196,10 @@ def build_ingest_assets(
             if found and not others:
                 context.log.info(f"other models have vectors of these chunks: re-embedding with {model.model_id}")
             others.update(found)
-            grace_store.save_embeddings(
-                model.model_id, hashes, _encode(model, [text for _hash, text in group], progress)
-            )
+            # One call per page: the encoder sorts the whole page by length, so batches pad less.
+            grace_store.save_embeddings(model.model_id, hashes, model.encode([text for _hash, text in group]))
             embedded += len(group)
+            progress.advance(chunks=len(group))
             failpoint("embeddings.after_group")
         progress.finish()
         seconds = time.perf_counter() - started
@@ -234,15 +233,6 @@ def build_ingest_assets(
         )
 
     return [documents, chunks, embeddings]
-
-
-def _encode(model, texts: list[str], progress: Progress) -> np.ndarray:
-    """Vectors of texts, one model batch per call, so that a slow model still reports its progress in time."""
-    vectors = []
-    for start in range(0, len(texts), model.batch_size):
-        vectors.append(model.encode(texts[start : start + model.batch_size]))
-        progress.advance(chunks=len(vectors[-1]))
-    return np.concatenate(vectors)
 
 
 def _bullets(lines: list[str]) -> str:

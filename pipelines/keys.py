@@ -45,8 +45,10 @@ class RotateKeysConfig(Config):
     force: bool = Field(default=False, description="make a new primary version even if the current one is not due")
 
 
-def key_status(vault: KeyVault, now: datetime | None = None) -> dict:
-    """Every version's status, age and rows, the primary's age and whether it is overdue; never key material."""
+def key_status(vault: KeyVault, cron: str, now: datetime | None = None) -> dict:
+    """Every version's status, age and rows, the primary's age, whether it is due (past rotate_after) and
+    overdue (still primary after the rotation keys.cron should have made: the primary_not_overdue check's
+    rule); never key material."""
     now = aware_utc(now)
     rows, known = vault.versions_in_use(), vault.versions()
     versions = [
@@ -68,7 +70,8 @@ def key_status(vault: KeyVault, now: datetime | None = None) -> dict:
         "primary": primary.version if primary else None,
         "primary_age_days": round((now - primary.created_at).total_seconds() / SECONDS_PER_DAY, 3) if primary else None,
         "primary_rotate_after": primary.rotate_after.isoformat(timespec="seconds") if primary else None,
-        "primary_overdue": primary is not None and now > primary.rotate_after,
+        "primary_due": primary is not None and now > primary.rotate_after,
+        "primary_overdue": not primary_finding(known, cron, now).passed,
         "versions": versions,
     }
 
@@ -130,7 +133,7 @@ def build_key_assets(manifest: Manifest) -> list[AssetsDefinition]:
         vault, now = key_vault.get(), aware_utc(None)
         finding = primary_finding(vault.versions(), manifest.keys.cron, now)
         return MaterializeResult(
-            metadata=status_metadata(key_status(vault, now)), check_results=[overdue_check(finding)]
+            metadata=status_metadata(key_status(vault, manifest.keys.cron, now)), check_results=[overdue_check(finding)]
         )
 
     return [key_versions, key_status_asset]

@@ -66,7 +66,8 @@ def test_status_rotate_rewrap_and_destroy(config, opened, kek, capsys):
     vault, now = vault_of(manifest, store), utc_now()
     vault.rotate(now - 3 * DAY)
     written = seed_text(vault)
-    vault.rotate(now - 2 * DAY, force=True)  # version 2: primary, due yesterday; rows still under 1
+    # Version 2: primary, due 36 h ago, so past the daily keys.cron tick after that and its hour of grace.
+    vault.rotate(now - 2.5 * DAY, force=True)  # rows still under 1
     code, out, _ = run(capsys, "keys", "status", "--json", "-c", config)
     status = json.loads(out)
     assert code == 0 and status["primary"] == 2 and status["primary_overdue"] is True

@@ -12,6 +12,7 @@ import pytest
 from grace.cli import main
 from grace.core.manifest import ManifestError, load_manifest
 from grace.core.manifest_errors import read_yaml_with_lines
+from grace.core.secrets import create_key_file
 from grace.definitions import build_definitions
 
 
@@ -255,3 +256,11 @@ def test_cron_check_agrees_with_dagsters(expression):
     except ValueError:
         accepted = False
     assert accepted == is_valid_cron_string(expression)
+
+
+def test_an_api_token_that_is_the_kek_is_refused(write_manifest, tmp_path):
+    key = create_key_file(tmp_path / "shared.key")
+    text = f"sources:\n  - {{name: docs, path: inbox}}\nkeys: {{kek: 'file:{key}'}}\napi: {{token: 'file:{key}'}}\n"
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(write_manifest(text))
+    assert "api.token and keys.kek both name" in str(caught.value)

@@ -36,7 +36,3 @@ class ApiConfig(BaseModel):
         description="API token (env:NAME or file:PATH, mode 0600): every request must send "
         "`Authorization: Bearer <token>`; required to bind a non-loopback address",
     )
-
-    @property
-    def loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS

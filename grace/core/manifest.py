@@ -313,6 +313,15 @@ class Manifest(Section):
             object.__setattr__(self.keys, "kek", str(reference))
         return self
 
+    @model_validator(mode="after")
+    def _token_apart_from_kek(self) -> Manifest:
+        if self.api.token is not None and self.api.token == self.keys.kek:
+            raise ValueError(
+                f"api.token and keys.kek both name {self.api.token}: every API client would send the key that "
+                "opens the store's text; give the API a key of its own"
+            )
+        return self
+
     @property
     def store_url(self) -> str:
         """The store URL (never with database.password in it), defaulting to SQLite inside state_dir."""
