@@ -67,11 +67,13 @@ class Progress:
         with ThreadPoolExecutor(1, thread_name_prefix=f"progress-{self.step}") as pool:
             future = pool.submit(work)
             while True:
+                if self.clock() - self.last_line >= self.interval:  # at once too, when the interval is 0
+                    self.log_line()
                 wait = max(SHORTEST_WAIT, self.interval - (self.clock() - self.last_line))
                 try:
                     return future.result(timeout=wait)
                 except TimeoutError:
-                    self.log_line()
+                    continue
 
     def line(self) -> str:
         elapsed = self.clock() - self.started
