@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from grace.core.secrets import SecretError, SecretRef, parse_secret_ref
+from grace.core.secrets import SecretError, SecretRef, check_key_file, parse_secret_ref, read_private_file
 
 DATABASE_URL_ENV = "GRACE_DATABASE_URL"  # overrides database.url (and store:) when set
 PASSWORD_ENV = "PGPASSWORD"  # libpq's own: psycopg2 uses it whenever a URL has no password
@@ -73,7 +72,7 @@ class DatabaseConfig(BaseModel):
             return None
         ref = parse_secret_ref(value, _base_dir(info))
         if ref.kind == "file" and os.path.lexists(ref.path):
-            _check_private(ref, os.lstat(ref.path))
+            check_key_file(ref, "password file")
         return str(ref)
 
     @property
@@ -114,16 +113,9 @@ def resolve_password(reference: str) -> str:
 
 def _read_password_file(ref: SecretRef) -> str:
     try:
-        _check_private(ref, os.lstat(ref.path))
-        # O_NOFOLLOW: a symlink swapped in after the check is refused, not followed.
-        descriptor = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SecretError(f"database.password: no {_describe(ref)}: the file does not exist") from None
-    except OSError as error:
-        raise SecretError(f"database.password: cannot read {_describe(ref)}: {error.strerror}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        _check_private(ref, os.fstat(handle.fileno()))
-        content = handle.read(MAX_PASSWORD_BYTES + 1)
+        content = read_private_file(ref, MAX_PASSWORD_BYTES, "password file")
+    except SecretError as error:
+        raise SecretError(f"database.password: {error}") from None
     if len(content) > MAX_PASSWORD_BYTES:
         raise SecretError(f"database.password: {_describe(ref)} is over {MAX_PASSWORD_BYTES} bytes, not a password")
     try:
@@ -132,23 +124,8 @@ def _read_password_file(ref: SecretRef) -> str:
         raise SecretError(f"database.password: {_describe(ref)} is not UTF-8 text") from None
 
 
-def _check_private(ref: SecretRef, status: os.stat_result) -> None:
-    if stat.S_ISLNK(status.st_mode):
-        raise SecretError(f"database.password: {_describe(ref)} is a symlink; point file: at the file itself")
-    if not stat.S_ISREG(status.st_mode):
-        raise SecretError(f"database.password: {_describe(ref)} is not a regular file")
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & 0o077:
-        raise SecretError(
-            f"database.password: {_describe(ref)} has mode {mode:04o}, so others may read it; "
-            f"run `chmod 600 {ref.name}`"
-        )
-
-
 def _describe(ref: SecretRef) -> str:
-    if ref.kind == "env":
-        return f"environment variable {ref.name} ({ref})"
-    return f"password file {ref.name} ({ref})"
+    return ref.describe("password file")
 
 
 def _base_dir(info: ValidationInfo) -> str:

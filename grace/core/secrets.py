@@ -46,11 +46,11 @@ class SecretRef:
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
 
-    def describe(self) -> str:
-        """Where the secret was looked for, in words."""
+    def describe(self, what: str = "key file") -> str:
+        """Where the secret was looked for, in words; what names a file's kind."""
         if self.kind == "env":
             return f"environment variable {self.name} ({self})"
-        return f"key file {self.name} ({self})"
+        return f"{what} {self.name} ({self})"
 
 
 def parse_secret_ref(value: str, base_dir: Path | None = None) -> SecretRef:
@@ -91,16 +91,30 @@ def validate_secret_ref(value: str, info: ValidationInfo) -> str:
 SecretReference = Annotated[str, AfterValidator(validate_secret_ref)]
 
 
-def check_key_file(ref: SecretRef) -> os.stat_result:
-    """Refuse a key file that is missing, a symlink, not a regular file, or readable by others."""
+def check_key_file(ref: SecretRef, what: str = "key file") -> os.stat_result:
+    """Refuse a secret file that is missing, a symlink, not a regular file, or readable by others."""
     try:
         status = os.lstat(ref.path)
     except FileNotFoundError:
-        raise SecretError(f"no {ref.describe()}: the file does not exist") from None
+        raise SecretError(f"no {ref.describe(what)}: the file does not exist") from None
     except OSError as error:
-        raise SecretError(f"cannot read {ref.describe()}: {error.strerror}") from None
-    _check_file_status(ref, status)
+        raise SecretError(f"cannot read {ref.describe(what)}: {error.strerror}") from None
+    _check_file_status(ref, status, what)
     return status
+
+
+def read_private_file(ref: SecretRef, limit: int, what: str = "key file") -> bytes:
+    """At most limit + 1 bytes of a private secret file (so the caller can tell an oversized one),
+    checked before opening and again on the open file."""
+    check_key_file(ref, what)
+    try:
+        # O_NOFOLLOW: a symlink swapped in after the check is refused, not followed.
+        descriptor = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise SecretError(f"cannot open {ref.describe(what)}: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        _check_file_status(ref, os.fstat(handle.fileno()), what)
+        return handle.read(limit + 1)
 
 
 def resolve_secret(ref: SecretRef | str) -> bytes:
@@ -155,28 +169,22 @@ def create_key_file(path: Path | str) -> Path:
 
 
 def _read_key_file(ref: SecretRef) -> bytes:
-    check_key_file(ref)
-    try:
-        # O_NOFOLLOW: a symlink swapped in after the check is refused, not followed.
-        descriptor = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise SecretError(f"cannot open {ref.describe()}: {error.strerror}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        _check_file_status(ref, os.fstat(handle.fileno()))
-        content = handle.read(MAX_KEY_FILE_BYTES + 1)
+    content = read_private_file(ref, MAX_KEY_FILE_BYTES)
     if len(content) > MAX_KEY_FILE_BYTES:
         raise SecretError(f"{ref.describe()} is larger than a key; {_key_hint()}")
     return content
 
 
-def _check_file_status(ref: SecretRef, status: os.stat_result) -> None:
+def _check_file_status(ref: SecretRef, status: os.stat_result, what: str = "key file") -> None:
     if stat.S_ISLNK(status.st_mode):
-        raise SecretError(f"{ref.describe()} is a symlink; point file: at the key file itself")
+        raise SecretError(f"{ref.describe(what)} is a symlink; point file: at the {what} itself")
     if not stat.S_ISREG(status.st_mode):
-        raise SecretError(f"{ref.describe()} is not a regular file")
+        raise SecretError(f"{ref.describe(what)} is not a regular file")
     mode = stat.S_IMODE(status.st_mode)
     if mode & 0o077:
-        raise SecretError(f"{ref.describe()} has mode {mode:04o}, so others may read it; run `chmod 600 {ref.name}`")
+        raise SecretError(
+            f"{ref.describe(what)} has mode {mode:04o}, so others may read it; run `chmod 600 {ref.name}`"
+        )
 
 
 def _key_hint() -> str:
