@@ -45,7 +45,7 @@ def main() -> None:
     default_quota = max(1, args.capacity // 6)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        manifest = routing_manifest(root, None, args.capacity, quotas, default_quota)
+        manifest = routing_manifest(root, args.capacity, quotas, default_quota)
         home = root / "dagster_home"
         with DevServer(manifest, home, free_port(), root / "dagster-dev.log"):
             driver = TaskDriver(manifest, home)

@@ -96,6 +96,7 @@ class EmbedderResource(ConfigurableResource):
     batch_size: int = 32
     backend: str = "torch"
     cache_root: str = ""  # empty: no model cache, which only the torch backend can do without
+    threads: int = 0  # 0: the library's default, every core
 
     def get(self) -> Embedder:
-        return shared_embedder(self.model, self.device, self.batch_size, self.backend, self.cache_root)
+        return shared_embedder(self.model, self.device, self.batch_size, self.backend, self.cache_root, self.threads)

@@ -53,6 +53,7 @@ class Embedder:
         batch_size: int = 32,
         backend: str = "torch",
         cache_root: Path | None = None,
+        threads: int = 0,
     ):
         if model not in MODELS:
             raise ValueError(f"unknown embedding model {model!r}; known: {', '.join(MODELS)}")
@@ -71,6 +72,7 @@ class Embedder:
         self.batch_size = batch_size
         self.backend = backend
         self.cache_root = None if cache_root is None else Path(cache_root)
+        self.threads = threads  # 0: every core
         # Vectors of two backends differ slightly, so they must never share an index.
         self.model_id = f"{model}@{version(distribution)}/{backend}"
         self._model = None
@@ -105,11 +107,15 @@ class Embedder:
                 from grace.resources.onnx_encoder import OnnxEncoder
 
                 built = ensure_onnx_model(self.cache_root, self.model_dir, self.name)
-                self._model = OnnxEncoder(built, max_tokens=self._max_tokens())
+                self._model = OnnxEncoder(built, max_tokens=self._max_tokens(), threads=self.threads or None)
             if self._model is None:
                 for key, value in OFFLINE_ENVIRONMENT.items():
                     os.environ.setdefault(key, value)
+                import torch
                 from sentence_transformers import SentenceTransformer
+
+                if self.threads:
+                    torch.set_num_threads(self.threads)
 
                 self._model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
             return self._model
@@ -119,9 +125,11 @@ class Embedder:
 
 
 @functools.cache
-def shared_embedder(model: str, device: str, batch_size: int, backend: str = "torch", cache_root: str = "") -> Embedder:
+def shared_embedder(
+    model: str, device: str, batch_size: int, backend: str = "torch", cache_root: str = "", threads: int = 0
+) -> Embedder:
     """One Embedder per process and configuration, so a run loads the model once."""
-    return Embedder(model, device, batch_size, backend, Path(cache_root) if cache_root else None)
+    return Embedder(model, device, batch_size, backend, Path(cache_root) if cache_root else None, threads)
 
 
 def embedder_for_model_id(model_id: str, like: Embedder) -> Embedder | None:
@@ -135,5 +143,5 @@ def embedder_for_model_id(model_id: str, like: Embedder) -> Embedder | None:
     cache_root = str(like.cache_root) if like.cache_root else ""
     if backend == ONNX_BACKEND and not cache_root:
         return None
-    candidate = shared_embedder(name, device, like.batch_size, backend, cache_root)
+    candidate = shared_embedder(name, device, like.batch_size, backend, cache_root, like.threads)
     return candidate if candidate.model_id == model_id else None

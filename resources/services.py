@@ -5,6 +5,8 @@ bindings.py gives the same services to Dagster, from the same settings.
 
 from __future__ import annotations
 
+import os
+
 from grace.core.manifest import Manifest
 from grace.resources.embedder import Embedder, shared_embedder
 from grace.resources.onnx_model import model_cache_root
@@ -38,7 +40,18 @@ def embedder_settings(manifest: Manifest) -> dict:
         batch_size=embedding.batch_size,
         backend=embedding.backend,
         cache_root=str(model_cache_root(manifest.state_dir)),
+        threads=embedding.threads or model_threads(manifest),
     )
+
+
+def model_threads(manifest: Manifest) -> int:
+    """The cores of this process divided among the shard runs that can run at once, at least one.
+
+    Measured on 2 cores (bench/parallel.py): two runs of one thread each embed faster than one run of
+    two threads, and two runs of two threads each slower than either.
+    """
+    concurrent_runs = min(manifest.routing.shard_runs or 1, manifest.index.shards)
+    return max(1, len(os.sched_getaffinity(0)) // concurrent_runs)
 
 
 def open_manifest_store(manifest: Manifest) -> Store:

@@ -99,6 +99,16 @@ def postgres_url(postgres_admin_url):
         yield url
 
 
+@pytest.fixture
+def database_setting(tmp_path, postgres_url) -> str:
+    """grace.yaml's `database:` line for a fresh database: the Dagster instance and the store both on
+    the real server. The password comes from a 0600 file, as in production; trust auth ignores it."""
+    password = tmp_path / "db.password"
+    password.write_text("unused-under-trust\n")
+    password.chmod(0o600)
+    return f"database: {{url: {postgres_url}, password: 'file:{password}'}}\n"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
     """Each store test runs twice: on SQLite and on PostgreSQL."""

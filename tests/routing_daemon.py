@@ -21,16 +21,15 @@ from grace.resources.taskbook import ENDED_STATUSES, TaskRecord
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def routing_manifest(
-    root: Path, store_url: str | None, capacity: int, origins: dict[str, int], default_quota: int
-) -> Path:
-    """A grace.yaml with one document source, the project's handlers, and the given run queue."""
+def routing_manifest(root: Path, capacity: int, origins: dict[str, int], default_quota: int, storage: str = "") -> Path:
+    """A grace.yaml with one document source, the project's handlers, and the given run queue.
+
+    storage: a `store:` or `database:` line; empty keeps the embedded SQLite default."""
     shutil.copytree(REPOSITORY / "handlers", root / "handlers", dirs_exist_ok=True)
-    store_line = f"store: {store_url}\n" if store_url else ""
     quotas = ", ".join(f"{origin}: {quota}" for origin, quota in origins.items())
     path = root / "grace.yaml"
     path.write_text(
-        f"state_dir: state\n{store_line}"
+        f"state_dir: state\n{storage}"
         "sources:\n  - {name: documents, path: inbox/documents}\n"
         "index: {shards: 2, trees: 10}\n"
         f"routing:\n  capacity: {capacity}\n  default_quota: {default_quota}\n  origins: {{{quotas}}}\n"

@@ -173,10 +173,11 @@ FILES = 300  # one ~200-token chunk each: 7-30 s of embedding on the real onnx-i
     ids=["sigkill-sqlite", "sigstop-postgresql"],
 )
 def test_a_dead_run_worker_frees_its_shard_and_its_work_is_finished(tmp_path, request, signum, backend):
-    store_url = f"sqlite:///{tmp_path / 'grace.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    # PostgreSQL: the Dagster instance too, so run monitoring and the queue read runs from the server
+    storage = "" if backend == "sqlite" else request.getfixturevalue("database_setting")
     manifest = tmp_path / "grace.yaml"
     manifest.write_text(
-        f"state_dir: state\nstore: {store_url}\n"
+        f"state_dir: state\n{storage}"
         "sources:\n  - {name: documents, path: inbox/documents}\nindex: {shards: 1, trees: 10}\n"
     )
     home, inbox = tmp_path / "dagster_home", tmp_path / "inbox" / "documents"

@@ -30,7 +30,7 @@ CAPACITY, DEFAULT_QUOTA = 3, 1
 def deployment(tmp_path_factory):
     """One daemon for the module's tests, on the embedded SQLite store."""
     root = tmp_path_factory.mktemp("routing")
-    manifest = routing_manifest(root, None, CAPACITY, QUOTAS, DEFAULT_QUOTA)
+    manifest = routing_manifest(root, CAPACITY, QUOTAS, DEFAULT_QUOTA)
     home = root / "dagster_home"
     with DevServer(manifest, home, free_port(), root / "dagster-dev.log"):
         driver = TaskDriver(manifest, home)
@@ -149,9 +149,10 @@ def test_the_seed_intent_counts_one_of_twelve_with_the_shipped_manifest(tmp_path
         driver.close()
 
 
-def test_kill_9_of_the_daemon_mid_burst_ends_every_task(tmp_path, postgres_url):
-    """On PostgreSQL: SIGKILL to the whole `grace dev` group (daemon, webserver, code server, run workers)."""
-    manifest = routing_manifest(tmp_path, postgres_url, CAPACITY, QUOTAS, DEFAULT_QUOTA)
+def test_kill_9_of_the_daemon_mid_burst_ends_every_task(tmp_path, database_setting):
+    """With the instance and the store on PostgreSQL: SIGKILL to the whole `grace dev` group
+    (daemon, webserver, code server, run workers), then a new `grace dev` finishes the burst."""
+    manifest = routing_manifest(tmp_path, CAPACITY, QUOTAS, DEFAULT_QUOTA, database_setting)
     home = tmp_path / "dagster_home"
     driver = TaskDriver(manifest, home)
     server = DevServer(manifest, home, free_port(), tmp_path / "first.log")

@@ -114,6 +114,13 @@ class EmbeddingConfig(Section):
         description="onnx-int8: an int8 ONNX copy of the model, CPU only, built once into state_dir, no torch "
         "at run time; or torch: sentence-transformers on PyTorch",
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="CPU threads for the model in each process; unset: the cores shared among the shard runs "
+        "that can run at once (routing.shard_runs, at most index.shards; every core when shard_runs is unset)",
+    )
 
     @model_validator(mode="after")
     def _onnx_on_cpu(self) -> EmbeddingConfig:
