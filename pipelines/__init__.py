@@ -12,11 +12,11 @@ from dagster import (
     Definitions,
     StaticPartitionsDefinition,
     define_asset_job,
-    in_process_executor,
 )
 
 from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB
+from grace.pipelines.executor import run_executor
 from grace.pipelines.index import (
     build_consistency_check,
     build_coverage_check,
@@ -69,22 +69,23 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     status_checks = build_index_status_checks(manifest)
     coverage_check = build_coverage_check()
     consistency_check = build_consistency_check(manifest)
-    # One process per run: the model loads once, and steps skip the per-step process start.
+    # in_process (the default): one process per run, so the model loads once and steps skip a process start.
+    executor = run_executor(manifest)
     ingest_job = define_asset_job(
         INGEST_JOB,
         selection=AssetSelection.assets(*ingest_assets, index_asset) - AssetSelection.checks(consistency_check),
-        executor_def=in_process_executor,
+        executor_def=executor,
         description="Reads, chunks and embeds whatever a shard has pending, holding the shard's lease, and "
         "brings the shard's index up to date when the change is small.",
     )
     rebuild_job = define_asset_job(
         REBUILD_JOB,
         selection=AssetSelection.assets(index_asset) | AssetSelection.checks(coverage_check, consistency_check),
-        executor_def=in_process_executor,
+        executor_def=executor,
         description="Rebuilds one shard's Annoy index from the store and swaps it in.",
     )
     stats_asset = build_routing_stats_asset(manifest)
-    stats_job = build_routing_stats_job(stats_asset)
+    stats_job = build_routing_stats_job(stats_asset, executor)
     key_assets = build_key_assets(manifest)
     rotate_keys_job = build_rotate_keys_job(manifest, key_assets)
     return Definitions(
@@ -96,4 +97,6 @@ def build_pipelines(manifest: Manifest) -> Definitions:
             build_routing_stats_schedule(manifest, stats_job),
             build_rotate_keys_schedule(manifest, rotate_keys_job),
         ],
+        # On celery, the UI's ad hoc materializations go to the workers too; else Dagster's default stays.
+        executor=executor if manifest.executor.kind == "celery" else None,
     )

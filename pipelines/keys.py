@@ -21,13 +21,13 @@ from dagster import (
     ScheduleDefinition,
     asset,
     define_asset_job,
-    in_process_executor,
 )
 from pydantic import Field
 
 from grace.core.manifest import Manifest
 from grace.core.names import origin_tags
 from grace.pipelines.cron import utc_cron_schedule
+from grace.pipelines.executor import run_executor
 from grace.pipelines.labels import store_kind
 from grace.resources.bindings import KeyVaultResource
 from grace.resources.handlers import rotate_and_rewrap
@@ -172,7 +172,7 @@ def build_rotate_keys_job(manifest: Manifest, key_assets: list[AssetsDefinition]
     return define_asset_job(
         ROTATE_KEYS_JOB,
         selection=AssetSelection.assets(*key_assets) | AssetSelection.checks_for_assets(*key_assets),
-        executor_def=in_process_executor,
+        executor_def=run_executor(manifest),
         # On the job, so runs launched from the UI carry them as scheduled ones do.
         tags=origin_tags(KEYS_ORIGIN, manifest.routing.origins),
         description="Rotates the data key when due (config force: now), rewraps every encrypted row to the "

@@ -4,12 +4,12 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    ExecutorDefinition,
     JobDefinition,
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
     define_asset_job,
-    in_process_executor,
     multi_asset,
 )
 
@@ -74,11 +74,11 @@ def stats_metadata(stats: dict) -> dict:
     return metadata
 
 
-def build_routing_stats_job(stats_asset: AssetsDefinition) -> JobDefinition:
+def build_routing_stats_job(stats_asset: AssetsDefinition, executor: ExecutorDefinition) -> JobDefinition:
     return define_asset_job(
         ROUTING_STATS_JOB,
         selection=[stats_asset],
-        executor_def=in_process_executor,
+        executor_def=executor,
         description="Records the router's per-origin stats on the routing_stats asset.",
     )
 

@@ -16,7 +16,6 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
-    in_process_executor,
     job,
     op,
 )
@@ -26,6 +25,7 @@ from grace.core.handlers import BUILTIN_PAYLOADS, HandlerSpec, TaskContext, proj
 from grace.core.manifest import Manifest
 from grace.core.names import TASK_JOB_PREFIX, task_job_name
 from grace.core.tasks import TASK_OP, canonical_json
+from grace.pipelines.executor import run_executor
 from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource, build_resources
 from grace.resources.handlers import BUILTIN_IMPLEMENTATIONS
 from grace.resources.heartbeat import TaskHeartbeatResource, heartbeat_resource_defs
@@ -49,8 +49,8 @@ def build_task_jobs(manifest: Manifest) -> list[JobDefinition]:
 
         @job(
             name=task_job_name(handler_name),
-            # One process per run: a task run's start-up time is the router's throughput.
-            executor_def=in_process_executor,
+            # in_process (the default): one process per run; a task run's start-up time is the router's throughput.
+            executor_def=run_executor(manifest),
             # Every resource bound here, since a job that binds one must bind all; the heartbeat
             # is bound only here, so sensor contexts built from the Definitions never open it.
             resource_defs={**build_resources(manifest), **heartbeat_resource_defs(manifest.store_url)},

@@ -21,6 +21,7 @@ from pydantic import (
 
 from grace.core.api_config import ApiConfig
 from grace.core.database_config import DatabaseConfig, export_password, override_from_environment, with_psycopg2
+from grace.core.executor_config import ExecutorConfig
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.owners import DEFAULT_OWNERS, check_owner
@@ -232,6 +233,7 @@ class Manifest(Section):
     routing: RoutingConfig = Field(default={}, validate_default=True)
     keys: KeysConfig = Field(default={}, validate_default=True)
     api: ApiConfig = ApiConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     owners: list[Annotated[str, AfterValidator(check_owner)]] = Field(
         default=list(DEFAULT_OWNERS),
         min_length=1,
