@@ -110,6 +110,13 @@ def database_setting(tmp_path, postgres_url) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request) -> str:
+    """grace.yaml's storage lines, for end-to-end tests that run twice: empty for the embedded default
+    (SQLite store, SQLite instance in the Dagster home), or `database:` putting both on PostgreSQL."""
+    return "" if request.param == "sqlite" else request.getfixturevalue("database_setting")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
     """Each store test runs twice: on SQLite and on PostgreSQL."""
     if request.param == "sqlite":

@@ -9,7 +9,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import sqlalchemy
 import yaml
 from dagster import DagsterInstance
@@ -57,13 +56,6 @@ def wait_for(condition, timeout: float, every: float = 2.0):
             return value
         time.sleep(every)
     raise TimeoutError(f"condition not met within {timeout}s")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request) -> str:
-    """The embedded default (SQLite store, SQLite instance in the Dagster home), or `database:`
-    putting both the Dagster instance and the store on the real PostgreSQL server."""
-    return "" if request.param == "sqlite" else request.getfixturevalue("database_setting")
 
 
 def test_dropped_files_are_found_by_grace_search_under_dagster_dev(tmp_path, storage):

@@ -17,15 +17,16 @@ from tests.devserver import DevServer, free_port
 from tests.test_daemon_e2e import grace, wait_for
 
 MANIFEST = (
-    "state_dir: state\n"
-    "sources:\n  - {name: docs, path: inbox, patterns: ['**/*.md']}\n"
-    "keys: {cron: '* * * * *', rotate_every: 1s}\n"
+    "state_dir: state\n{storage}"
+    "sources:\n  - {{name: docs, path: inbox, patterns: ['**/*.md']}}\n"
+    "keys: {{cron: '* * * * *', rotate_every: 1s}}\n"
 )
 
 
-def test_grace_dev_creates_the_key_file_and_the_schedule_rotates_under_it(tmp_path):
+def test_grace_dev_creates_the_key_file_and_the_schedule_rotates_under_it(tmp_path, storage):
+    """Twice: schedules, runs and the key tables on SQLite, then all on PostgreSQL."""
     manifest = tmp_path / "grace.yaml"
-    manifest.write_text(MANIFEST)
+    manifest.write_text(MANIFEST.format(storage=storage))
     key_file, home, log = tmp_path / "state" / "master.key", tmp_path / "dagster_home", tmp_path / "dev.log"
     with DevServer(manifest, home, free_port(), log):
         assert stat.S_IMODE(os.lstat(key_file).st_mode) == 0o600 and stat.S_ISREG(os.lstat(key_file).st_mode)
@@ -48,6 +49,7 @@ def test_grace_dev_creates_the_key_file_and_the_schedule_rotates_under_it(tmp_pa
         assert rotations
         instance = DagsterInstance.from_config(str(home))
         try:
+            assert ("Postgres" in type(instance.schedule_storage).__name__) == bool(storage)
             for rotation in rotations:
                 run = instance.get_run_by_id(rotation.run_id)
                 assert run is not None and run.job_name == "rotate_keys"
