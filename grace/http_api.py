@@ -30,7 +30,7 @@ from grace.core.tasks import TaskRejected, parse_task
 from grace.http_ingest import ID_PATTERN, IngestTarget
 from grace.http_io import ApiError, TokenGate, error_response, read_json, validated
 from grace.resources.search import Searcher, SearchHit, hit_dict, index_stats
-from grace.resources.taskbook import DuplicateTask
+from grace.resources.taskbook import RECEIVED, DuplicateTask
 
 LOG = logging.getLogger("grace.http")
 QUARANTINED_LISTED = 100  # a hostile drop can quarantine thousands; the stats answer stays small
@@ -276,7 +276,7 @@ def _accepted(task) -> dict:
         "task_id": task.task_id,
         "type": task.type,
         "origin": task.origin,
-        "status": "queued",
+        "status": RECEIVED,  # as stored: the router queues it as a run at its next tick
         "priority": task.priority,
         "data_size_bytes": task.data_size_bytes,
         "sla_ms": task.sla_ms,

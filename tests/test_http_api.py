@@ -257,7 +257,7 @@ def test_bad_intents_get_422_naming_the_field(api, change, field, words):
 def test_a_general_task_is_accepted_and_read_back(api):
     answer = post(api, "/api/tasks", {"type": "search", "origin": "notebook", "payload": {"query": "whales"}})
     assert answer.status == 202, answer
-    assert answer.json["origin"] == "notebook" and answer.json["status"] == "queued"
+    assert answer.json["origin"] == "notebook" and answer.json["status"] == "received"
     stored = get(api, f"/api/tasks/{answer.json['task_id']}").json
     assert stored["status"] == "received" and stored["payload"] == {"query": "whales"}
     assert_error(post(api, "/api/tasks", {"type": "search", "origin": "x"}), 422, "payload.query", "required")
