@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from dagster._core.launcher import WorkerStatus
 
 from grace.core.manifest import load_manifest
 from grace.resources.routing_stats import routing_stats
+from tests.conftest import fresh_postgres_database
 from tests.devserver import DevServer, free_port, group_alive
 from tests.routing_daemon import REPOSITORY, TaskDriver, max_concurrency, routing_manifest
 
@@ -26,16 +28,22 @@ QUOTAS = {"alpha": 2, "beta": 1}  # gamma is unlisted: default_quota
 CAPACITY, DEFAULT_QUOTA = 3, 1
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    """One daemon for the module's tests, on the embedded SQLite store."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def deployment(request, tmp_path_factory):
+    """One daemon for the module's tests per backend: the embedded SQLite default, then `database:`,
+    which puts the run queue's runs (the instance) and the tasks (the store) on PostgreSQL."""
     root = tmp_path_factory.mktemp("routing")
-    manifest = routing_manifest(root, CAPACITY, QUOTAS, DEFAULT_QUOTA)
-    home = root / "dagster_home"
-    with DevServer(manifest, home, free_port(), root / "dagster-dev.log"):
-        driver = TaskDriver(manifest, home)
-        yield driver
-        driver.close()
+    with ExitStack() as stack:
+        storage = ""
+        if request.param == "postgresql":
+            url = stack.enter_context(fresh_postgres_database(request.getfixturevalue("postgres_admin_url")))
+            storage = f"database: {{url: {url}}}\n"
+        manifest = routing_manifest(root, CAPACITY, QUOTAS, DEFAULT_QUOTA, storage)
+        home = root / "dagster_home"
+        with DevServer(manifest, home, free_port(), root / "dagster-dev.log"):
+            driver = TaskDriver(manifest, home)
+            yield driver
+            driver.close()
 
 
 def test_a_burst_never_exceeds_any_quota_or_the_capacity(deployment):
