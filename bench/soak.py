@@ -1,7 +1,7 @@
 """Load and soak: `grace dev` with the HTTP API under a steady churn of file creates, edits, deletes and
 routed tasks for --minutes; memory of every long-lived process, freshness, queue waits and errors.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--rate 0.5] [--task-rate 0.2] [--shards 4] [--json]
+    .venv/bin/python bench/soak.py [--minutes 30] [--rate 0.5] [--task-rate 0.2] [--shards 4] [--keep] [--json]
 
 A fresh temporary deployment (SQLite, one documents source, --shards shards, onnx-int8, the project's
 echo handler routed) runs under `grace dev` with the API on. For --minutes it creates, edits and
@@ -250,24 +250,30 @@ def main() -> None:
     parser.add_argument("--write-timeout", type=float, default=120.0, help="seconds a write may take to show")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for quiet at the end")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the deployment folder (kept anyway on errors)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     args = parser.parse_args()
     warmup = max(MIN_WARMUP_SECONDS, WARMUP_SHARE * args.minutes * 60)
     if args.minutes * 60 < warmup + MIN_MEASURED_SECONDS or args.rate <= 0 or args.task_rate <= 0:
         parser.error(f"--minutes must leave {MIN_MEASURED_SECONDS:.0f} s after the warm-up; rates must be positive")
-    with tempfile.TemporaryDirectory(prefix="grace-soak-") as folder:
-        root = Path(folder)
-        manifest = deployment(root, args.shards)
-        home, log, api_port = root / "dagster_home", root / "dagster-dev.log", free_port()
-        server = DevServer(manifest, home, free_port(), log, api_port=api_port)
-        try:
-            server.start(ready_timeout=300)
-            figures = soak(args, manifest, home, server, f"http://127.0.0.1:{api_port}", warmup)
-        except BaseException:
-            print(log.read_text(errors="replace")[-5000:], file=sys.stderr)
-            raise
-        finally:
-            server.stop()
+    root = Path(tempfile.mkdtemp(prefix="grace-soak-"))
+    manifest = deployment(root, args.shards)
+    home, log, api_port = root / "dagster_home", root / "dagster-dev.log", free_port()
+    server = DevServer(manifest, home, free_port(), log, api_port=api_port)
+    figures = None
+    try:
+        server.start(ready_timeout=300)
+        figures = soak(args, manifest, home, server, f"http://127.0.0.1:{api_port}", warmup)
+    except BaseException:
+        print(log.read_text(errors="replace")[-5000:], file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+        # A failed soak or one with errors keeps its deployment (logs, store, Dagster home) to look into.
+        if args.keep or figures is None or figures["errors"]:
+            print(f"deployment kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print_report(figures)
     if args.json:
         print(json.dumps(figures))
