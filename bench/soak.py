@@ -10,7 +10,7 @@ live) and submits one echo task through POST /api/tasks every 1/--task-rate seco
 the time, at least 30 s, is warm-up: the same churn, but no latency counts and no RSS is sampled yet.
 
 - drop_to_searchable: seconds from writing a create or edit until a search through the API for the
-  file's first 14 words returns that file with the write's unique marker (each write in flight is
+  file's whole text (one chunk) returns that file with the write's unique marker (each write in flight is
   searched every 0.5 s, backing off to 5% of its age, at most 1 s; the API's CPU in the table is mostly
   these searches). delete_to_gone: until no hit is that file.
 - task_wait: each task record's queue_wait_ms, from received to its run started.
@@ -31,8 +31,9 @@ Goals (issue 12): rss_growth_pct <= 10, coverage_end 1.0, errors 0. Prints a tab
 and with --json one object on the last line: minutes, warmup_s, rss_growth_pct, rss {name: {pid, start,
 peak, end, growth_pct, cpu_s, samples}}, coverage_end, drain_s, drop_to_searchable_p50_s and _p95_s,
 delete_to_gone_p50_s and _p95_s, task_wait_p50_ms and _p95_ms, tasks_measured, errors (a count),
-error_list, counts, vanished_processes (as old as the warm-up at the first RSS sample, gone by the
-last), operations_per_s and tasks_per_s (achieved), deployment_cpu_pct, load_avg_1m, settings.
+error_list, slow_writes (writes that took over 30 s, with their wall-clock time, to trace in the logs),
+counts, vanished_processes (as old as the warm-up at the first RSS sample, gone by the last),
+operations_per_s and tasks_per_s (achieved), deployment_cpu_pct, load_avg_1m, settings.
 Set GRACE_MODEL_CACHE to a folder kept between runs, or the onnx-int8 model is built first.
 """
 
@@ -191,6 +192,7 @@ def soak(args: argparse.Namespace, manifest: Path, home: Path, server: DevServer
         **task_wait,
         "errors": len(errors),
         "error_list": errors[:50],
+        "slow_writes": files.slow[:50],
         "rss": rss,
         "counts": {
             **files.counts,
@@ -236,6 +238,8 @@ def print_report(figures: dict) -> None:
         f"processes gone before the end: {figures['vanished_processes'] or 'none'}"
     )
     print(f"counts: {json.dumps(figures['counts'])}")
+    for slow in figures["slow_writes"]:
+        print(f"slow: {slow}")
     for error in figures["error_list"]:
         print(f"error: {error}")
 

@@ -3,11 +3,14 @@ pipelines/ gives assets, jobs and schedules, sensors/ the sensors, resources/ th
 
 from dagster import Definitions, definitions
 
+from grace.alembic_leak import stop_alembic_resource_leak
 from grace.core.manifest import Manifest, load_manifest
 from grace.core.names import TASK_JOB_PREFIX
 from grace.pipelines import build_pipelines
 from grace.resources.bindings import build_resources
 from grace.sensors import build_sensors
+
+stop_alembic_resource_leak()  # the code server builds an instance per tick; see alembic_leak.py
 
 
 def build_definitions(manifest: Manifest) -> Definitions:

@@ -162,7 +162,11 @@ def shared_model_cache(tmp_path_factory) -> Iterator[Path]:
     most once, by the first test that needs it, and every temporary state dir and `grace dev` uses it."""
     from grace.resources.onnx_model import CACHE_VARIABLE
 
-    root = tmp_path_factory.mktemp("model_cache")
+    # Under pytest-xdist every worker has its own base temp folder; their common parent holds one
+    # cache for all of them (ensure_onnx_model serialises concurrent builds on a lock file).
+    shared = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent / "model_cache" if shared else tmp_path_factory.mktemp("model_cache")
+    root.mkdir(exist_ok=True)
     previous = os.environ.get(CACHE_VARIABLE)
     os.environ[CACHE_VARIABLE] = str(root)
     yield root

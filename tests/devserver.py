@@ -91,6 +91,10 @@ class DevServer:
             time.sleep(0.2)
         _signal_group(group, signal.SIGKILL)
         self.process.wait(timeout=10)
+        # Killed members linger until their parents (or init) reap them; on a busy machine that takes a moment.
+        deadline = time.monotonic() + 10
+        while group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.log.close()
         self.process = None
 

@@ -19,6 +19,7 @@ LAYERS = {
     "grace.pipelines": 2,
     "grace.sensors": 2,
     "grace.definitions": 3,
+    "grace.alembic_leak": 3,
     "grace.instance": 3,
     "grace.launcher": 3,
     "grace.cli": 3,

@@ -152,6 +152,7 @@ def pg_ctlcluster(action: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.solo  # every other PostgreSQL test would see the restart too
 def test_a_postgresql_restart_mid_run_ends_as_a_clean_run(tmp_path, database_setting, postgres_url, clean_state):
     if PG_CTLCLUSTER is None or make_url(postgres_url).host != "127.0.0.1":
         pytest.skip(

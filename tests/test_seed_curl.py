@@ -121,6 +121,7 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.solo  # the seed waits 3 s for its ingest to be indexed: a promise for a machine not shared
 def test_the_seed_curl_sequences_hold(tmp_path, onnx_model_cache):
     manifest_path = tmp_path / "grace.yaml"
     manifest_path.write_text(MANIFEST)
