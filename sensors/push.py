@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -33,6 +34,7 @@ from grace.sensors.watcher import FolderWatcher
 
 QUIET_SECONDS = 0.1  # events closer together than this are one burst: one launch per shard
 MAX_DELAY_SECONDS = 0.5  # a steady stream of events still launches this often
+LAUNCHES_KEPT = 100  # the pusher lives as long as the code server: its memory of launches is bounded
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
@@ -81,7 +83,7 @@ class Pusher:
         self.manifest, self.source, self.watcher, self.store = manifest, source, watcher, store
         self.launch, self.instance = launch, instance
         self.pushed_up_to = 0  # the newest change id already launched for
-        self.launched: list[str] = []  # run ids, newest last (tests and logs)
+        self.launched: deque[str] = deque(maxlen=LAUNCHES_KEPT)  # run ids, newest last (tests and logs)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"grace-push-{source.name}", daemon=True)
         self._thread.start()

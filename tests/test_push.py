@@ -83,7 +83,7 @@ def test_a_burst_launches_one_run_per_shard_under_the_sensors_run_key(deployment
     # The sensor's next tick asks for the same runs under the same keys, which Dagster skips.
     requests = deployment.tick()
     assert sorted(request.run_key for request in requests) == sorted(tags["dagster/run_key"] for tags in launches.tags)
-    assert pusher.launched == ["run-1", "run-2"]
+    assert list(pusher.launched) == ["run-1", "run-2"]
 
 
 def test_a_failed_push_is_logged_and_the_sensor_requests_the_run(deployment, pushing):
