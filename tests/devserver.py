@@ -86,17 +86,19 @@ class DevServer:
             self.process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + grace_seconds
-        while group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_until_gone(group, grace_seconds)
         _signal_group(group, signal.SIGKILL)
         self.process.wait(timeout=10)
         # Killed members linger until their parents (or init) reap them; on a busy machine that takes a moment.
-        deadline = time.monotonic() + 10
-        while group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_until_gone(group, 10)
         self.log.close()
         self.process = None
+
+
+def _wait_until_gone(group: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _signal_group(group: int, signum: int) -> None:
