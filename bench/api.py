@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cli import grace_command  # noqa: E402
 from bench.corpus import documents  # noqa: E402
 from bench.freshness import percentile  # noqa: E402
-from grace.api_client import read_discovery  # noqa: E402
-from grace.resources.embedder import OFFLINE_ENVIRONMENT  # noqa: E402
-from grace.resources.services import open_searcher  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from grace.http.client import read_discovery  # noqa: E402
+from grace.resources.embedding.embedder import OFFLINE_ENVIRONMENT  # noqa: E402
+from grace.resources.wiring.services import open_searcher  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 QUERIES = [
     f"{verb} {thing} with {other}"

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.corpus import documents  # noqa: E402
 from bench.freshness import percentile  # noqa: E402
 from grace.core.manifest import EmbeddingConfig  # noqa: E402
-from grace.resources.embedder import OFFLINE_ENVIRONMENT  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from grace.resources.embedding.embedder import OFFLINE_ENVIRONMENT  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 QUERY = "how to parse command line arguments into a namespace"
 
@@ -39,10 +39,10 @@ QUERY = "how to parse command line arguments into a namespace"
 BREAKDOWN = """
 import json, sys, time
 started = time.perf_counter()
-import grace.cli
+import grace.cli.main
 from grace.api import searcher
 from grace.core.manifest import load_manifest
-from grace.resources.services import open_searcher
+from grace.resources.wiring.services import open_searcher
 imported = time.perf_counter()
 manifest = load_manifest(sys.argv[1])
 loaded = time.perf_counter()
@@ -84,7 +84,7 @@ def build_store(root: Path, count: int, words: int, backend: str) -> Path:
 
 def grace_command() -> list[str]:
     script = Path(sys.executable).with_name("grace")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "grace.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "grace.cli.main"]
 
 
 def time_calls(manifest_path: Path, calls: int, environment: dict[str, str]) -> list[float]:

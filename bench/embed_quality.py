@@ -3,7 +3,7 @@
     .venv/bin/python bench/embed_quality.py [--chunks 320] [--queries 50] [--rounds 6] [--cache DIR] [--json]
 
 The corpus is real English: the standard library's own documentation (pydoc text of common
-modules) and Grace's README, cut by Grace's chunker into chunks of up to 256 tokens. Queries are
+modules) and Grace's README and docs pages, cut by Grace's chunker into chunks of up to 256 tokens. Queries are
 the first lines of public functions' docstrings, which read like what a person searches for.
 Both backends encode the same chunks in one process: onnx-int8 first, so its ready time is
 measured before torch is imported. Figures: per-chunk cosine between the backends (mean, min),
@@ -32,22 +32,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grace.resources.chunking import Chunker  # noqa: E402
-from grace.resources.embedder import Embedder  # noqa: E402
-from grace.resources.onnx_model import CACHE_VARIABLE, ensure_onnx_model  # noqa: E402
+from grace.resources.embedding.embedder import Embedder  # noqa: E402
+from grace.resources.embedding.onnx_model import CACHE_VARIABLE, ensure_onnx_model  # noqa: E402
+from grace.resources.text.chunking import Chunker  # noqa: E402
 
 MODULES = [
     "os", "pathlib", "json", "re", "argparse", "logging", "subprocess", "collections", "itertools", "functools",
     "shutil", "tempfile", "datetime", "threading", "sqlite3", "csv", "random", "statistics", "textwrap", "string",
 ]  # fmt: skip
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPOSITORY = Path(__file__).resolve().parents[1]
+GRACE_PAGES = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").glob("*.md"))]
 GATES = {"mean_cos": 0.99, "recall_at_10": 0.95, "speed_ratio": 1.8}
 SLICES = 4
 K = 10
 
 
 def corpus(chunker: Chunker, limit: int) -> list[str]:
-    texts = [README.read_text()] + [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in MODULES]
+    standard_library = [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in MODULES]
+    texts = [page.read_text() for page in GRACE_PAGES] + standard_library
     chunks = [chunk.text for text in texts for chunk in chunker.split(text)]
     return chunks[:: max(1, len(chunks) // limit)][:limit]  # spread over every module, not the first few
 

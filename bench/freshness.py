@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grace.core.manifest import load_manifest  # noqa: E402
-from grace.resources.search import Searcher, index_stats  # noqa: E402
-from grace.resources.services import open_searcher  # noqa: E402
-from tests.devserver import DevServer, free_port  # noqa: E402
+from grace.resources.index.search import Searcher, index_stats  # noqa: E402
+from grace.resources.wiring.services import open_searcher  # noqa: E402
+from tests.helpers.devserver import DevServer, free_port  # noqa: E402
 
 TOPICS = [
     "glacier",

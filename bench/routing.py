@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.devserver import DevServer, free_port  # noqa: E402
-from tests.routing_daemon import TaskDriver, max_concurrency, routing_manifest  # noqa: E402
+from tests.helpers.devserver import DevServer, free_port  # noqa: E402
+from tests.helpers.routing_daemon import TaskDriver, max_concurrency, routing_manifest  # noqa: E402
 
 ORIGINS = ("alpha", "beta", "gamma")
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py --files 10000 100000 [--json]
 
-A 384-dimension hashing embedder (tests/fakes.py) stands in for the model, so these figures are
+A 384-dimension hashing embedder (tests/helpers/fakes.py) stands in for the model, so these figures are
 what Grace adds around it (files, SQLite, Dagster, Annoy), at 4 shards and the default 50 trees:
 - first_scan_s, max_tick_s: every folder-sensor tick until each file is recorded;
 - ingest_docs_per_s, ingest_peak_rss_mb: the ingest of every shard, in a fresh process (as a run
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.freshness import percentile  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
-from grace.resources.schema import documents  # noqa: E402
-from grace.resources.search import Searcher, index_stats  # noqa: E402
-from tests.fakes import HashingEmbedder, HashingEmbedderResource  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from grace.resources.db.schema import documents  # noqa: E402
+from grace.resources.index.search import Searcher, index_stats  # noqa: E402
+from tests.helpers.fakes import HashingEmbedder, HashingEmbedderResource  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 SHARDS = 4
 QUERIES = 200

@@ -61,7 +61,7 @@ from bench.soak_churn import Api, FileChurn, TaskChurn  # noqa: E402
 from bench.soak_rss import RssSampler  # noqa: E402
 from grace.api import stats  # noqa: E402
 from grace.core.names import REASON_TAG, REBUILD_REASON_TAG  # noqa: E402
-from tests.devserver import DevServer, free_port  # noqa: E402
+from tests.helpers.devserver import DevServer, free_port  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WARMUP_SHARE, MIN_WARMUP_SECONDS, MIN_MEASURED_SECONDS = 0.2, 30.0, 30.0

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grace.api_client import ApiUnavailable, request_json
+from grace.http.client import ApiUnavailable, request_json
 
 # Each write in flight is searched for every 0.5 s, backing off to 5% of its age (at most 1 s, from 20 s): a
 # search costs the API server ~37 ms of CPU here (2 vCPUs), so polling every 0.25 s took a third of a core.

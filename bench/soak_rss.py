@@ -19,7 +19,7 @@ from pathlib import Path
 # Substrings of a command line, first match wins: the names the soak's report uses.
 NAMES = [
     ("dagster dev", "grace dev (dagster dev)"),
-    ("grace.cli serve", "http api (grace serve)"),
+    ("grace.cli.main serve", "http api (grace serve)"),
     ("dagster_webserver", "dagster-webserver"),
     ("dagster._daemon run", "dagster-daemon"),
     ("dagster code-server", "code server proxy"),

@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import documents  # noqa: E402
-from grace.resources.bindings import EmbedderResource  # noqa: E402
-from grace.resources.chunking import Chunker  # noqa: E402
+from grace.resources.text.chunking import Chunker  # noqa: E402
+from grace.resources.wiring.dagster_resources import EmbedderResource  # noqa: E402
 from grace.sensors.watcher import stop_watchers  # noqa: E402
-from tests.fakes import HashingEmbedderResource  # noqa: E402
-from tests.harness import Deployment  # noqa: E402
+from tests.helpers.fakes import HashingEmbedderResource  # noqa: E402
+from tests.helpers.harness import Deployment  # noqa: E402
 
 SETTLE_SECONDS = 1.5  # watchdog buffers inotify events ~0.5 s to pair moves
 

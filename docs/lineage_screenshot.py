@@ -5,7 +5,7 @@
 Copies grace.yaml and handlers/ into a temporary folder, starts `grace dev` there (SQLite, the
 real model), drops three files, waits until they are indexed and index_status is reported, then
 has headless Chromium take the picture. It also writes docs/lineage.json, the assets and edges
-the picture shows: tests/test_lineage_picture.py fails when the code location's graph no longer
+the picture shows: tests/dagster/test_lineage_picture.py fails when the code location's graph no longer
 matches it, so the picture is retaken whenever the lineage changes.
 """
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from grace.core.manifest import Manifest, load_manifest  # noqa: E402
-from tests.devserver import DevServer, free_port  # noqa: E402
+from tests.helpers.devserver import DevServer, free_port  # noqa: E402
 
 PICTURED = "index_status"  # the picture is this asset's upstream lineage: the whole ingest story
 PICTURE, GRAPH = ROOT / "docs" / "lineage.png", ROOT / "docs" / "lineage.json"

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from grace.core.manifest import Manifest, load_manifest
-from grace.core.tasks import parse_task, parse_task_json
-from grace.resources.search import Searcher, SearchHit, index_stats
-from grace.resources.services import open_searcher
-from grace.resources.store import Store
+from grace.core.manifest import Manifest
+from grace.resources.index.search import Searcher, SearchHit, index_stats
+from grace.resources.store.store import Store
+from grace.resources.tasks.project_handlers import accept_task, accept_task_json, load_routed_manifest
+from grace.resources.wiring.services import open_searcher
 
 
 class NoInstance(Exception):
@@ -29,7 +29,7 @@ class NoInstance(Exception):
 
 def searcher(config: str | Path | None = None) -> Searcher:
     """A Searcher over the services a manifest wires ($GRACE_CONFIG or ./grace.yaml by default)."""
-    return open_searcher(load_manifest(config))
+    return open_searcher(load_routed_manifest(config))
 
 
 def search(query: str, k: int = 5, config: str | Path | None = None) -> list[SearchHit]:
@@ -49,11 +49,11 @@ def stats(config: str | Path | None = None) -> dict:
 def submit(task: dict[str, Any] | str | bytes, config: str | Path | None = None, via: str = "api") -> str:
     """Accept a task (a dict, or a task or seed-intent document as JSON text) into the store; its task id.
 
-    Raises grace.core.tasks.TaskRejected (DuplicateTask for a taken task_id) naming every problem.
+    Raises grace.core.task_model.TaskRejected (DuplicateTask for a taken task_id) naming every problem.
     The route_tasks sensor turns it into a Dagster run.
     """
-    manifest = load_manifest(config)
-    accepted = parse_task_json(task, manifest) if isinstance(task, str | bytes) else parse_task(task, manifest)
+    manifest = load_routed_manifest(config)
+    accepted = accept_task_json(task, manifest) if isinstance(task, str | bytes) else accept_task(task, manifest)
     store = Store(manifest.store_url)
     try:
         store.tasks.add(accepted, via)
@@ -64,7 +64,7 @@ def submit(task: dict[str, Any] | str | bytes, config: str | Path | None = None,
 
 def task(task_id: str, config: str | Path | None = None) -> dict[str, Any] | None:
     """A task as the store holds it (status, run id, times, queue wait, run time, sla_met, result); None if unknown."""
-    store = Store(load_manifest(config).store_url)
+    store = Store(load_routed_manifest(config).store_url)
     try:
         record = store.tasks.get(task_id)
     finally:
@@ -74,7 +74,7 @@ def task(task_id: str, config: str | Path | None = None) -> dict[str, Any] | Non
 
 def tasks(statuses: list[str], limit: int = 50, config: str | Path | None = None) -> list[dict[str, Any]]:
     """Tasks in these statuses, oldest first."""
-    store = Store(load_manifest(config).store_url)
+    store = Store(load_routed_manifest(config).store_url)
     try:
         return [record.as_dict() for record in store.tasks.with_status(statuses, limit)]
     finally:
@@ -89,11 +89,11 @@ def dagster_home_of(manifest: Manifest, given: str | Path | None = None) -> Path
 def routing_stats(config: str | Path | None = None, dagster_home: str | Path | None = None) -> dict:
     """Per-origin load, quota use, SLA breaches and queue waits, from the Dagster instance's runs and the store.
 
-    The shape of grace.resources.routing_stats.routing_stats, plus "dagster_home"; "instance_drift"
+    The shape of grace.resources.tasks.routing_report.routing_stats, plus "dagster_home"; "instance_drift"
     lists how that instance's run queue differs from grace.yaml (empty when it enforces it).
     Raises NoInstance when the Dagster home has no dagster.yaml, or one Dagster cannot load.
     """
-    manifest = load_manifest(config)
+    manifest = load_routed_manifest(config)
     home = dagster_home_of(manifest, dagster_home)
     if not (home / "dagster.yaml").is_file():
         raise NoInstance(
@@ -105,7 +105,7 @@ def routing_stats(config: str | Path | None = None, dagster_home: str | Path | N
     from dagster._core.errors import DagsterError
     from dagster_shared.check import CheckError
 
-    from grace.resources.routing_stats import routing_stats as compute
+    from grace.resources.tasks.routing_report import routing_stats as compute
 
     instance = None
     try:
@@ -132,7 +132,7 @@ def key_status(config: str | Path | None = None) -> dict:
     the KEK lives (never the KEK). Raises SecretError or KeyVaultError when the KEK is missing or wrong."""
     from grace.pipelines.keys import key_status as status_of
 
-    manifest = load_manifest(config)
+    manifest = load_routed_manifest(config)
     with _key_vault(manifest, "api") as vault:
         return status_of(vault, manifest.keys.cron)
 
@@ -140,16 +140,16 @@ def key_status(config: str | Path | None = None) -> dict:
 def rotate_keys(force: bool = False, config: str | Path | None = None, via: str = "api") -> dict:
     """A new primary key version if the current one is due (or force), then every row rewrapped to it and
     unused old versions destroyed: the rotate_keys job's report (rotated, primary, rewrapped, destroyed, kept)."""
-    from grace.resources.handlers import rotate_and_rewrap
+    from grace.resources.tasks.builtin_handlers import rotate_and_rewrap
 
-    manifest = load_manifest(config)
+    manifest = load_routed_manifest(config)
     with _key_vault(manifest, via) as vault:
         return rotate_and_rewrap(vault, force, manifest.keys.rewrap_batch)
 
 
 def rewrap_keys(config: str | Path | None = None, via: str = "api") -> dict:
     """Every row under an older key version re-encrypted to the primary: {"primary", "rewrapped": {column: rows}}."""
-    manifest = load_manifest(config)
+    manifest = load_routed_manifest(config)
     with _key_vault(manifest, via) as vault:
         primary = vault.ensure_primary().version
         return {"primary": primary, "rewrapped": vault.rewrap_all(manifest.keys.rewrap_batch)}
@@ -157,7 +157,7 @@ def rewrap_keys(config: str | Path | None = None, via: str = "api") -> dict:
 
 def destroy_key(version: int, config: str | Path | None = None, via: str = "api") -> None:
     """Erase a key version's data key; DestroyRefused (with the reason) while it is primary, recent or in use."""
-    with _key_vault(load_manifest(config), via) as vault:
+    with _key_vault(load_routed_manifest(config), via) as vault:
         vault.destroy(version)
 
 
@@ -165,9 +165,9 @@ def rotate_kek(new_kek: str, config: str | Path | None = None, via: str = "api")
     """Rewrap every data key under the KEK at new_kek (env:NAME, or file:PATH relative to the working folder);
     no row changes. Afterwards grace.yaml's keys.kek must name the new reference: {"versions", "from", "to"}."""
     from grace.core.secrets import SecretError, parse_secret_ref, resolve_secret
-    from grace.resources.key_tables import KeyStatus
+    from grace.resources.db.key_tables import KeyStatus
 
-    manifest = load_manifest(config)
+    manifest = load_routed_manifest(config)
     reference = parse_secret_ref(new_kek, Path.cwd())
     new_key = resolve_secret(reference)
     with _key_vault(manifest, via) as vault:
@@ -186,18 +186,12 @@ def check_kek(manifest: Manifest) -> str:
 
 def stored_key_versions(manifest: Manifest) -> int:
     """Key versions not destroyed in the manifest's store (0 for a new store), read without the KEK."""
-    from sqlalchemy import func, inspect, select
-
-    from grace.resources.key_tables import KeyStatus, key_versions
-    from grace.resources.schema import make_engine
+    from grace.resources.db.key_tables import live_key_versions
+    from grace.resources.db.schema import make_engine
 
     engine = make_engine(manifest.store_url)
     try:
-        if not inspect(engine).has_table(key_versions.name):
-            return 0
-        live = select(func.count()).select_from(key_versions).where(key_versions.c.status != KeyStatus.DESTROYED)
-        with engine.connect() as connection:
-            return connection.execute(live).scalar_one()
+        return live_key_versions(engine)
     finally:
         engine.dispose()
 
@@ -205,7 +199,7 @@ def stored_key_versions(manifest: Manifest) -> int:
 @contextmanager
 def _key_vault(manifest: Manifest, via: str) -> Iterator[Any]:
     """A KeyVault over the manifest's store; its audit entries carry "<via>:<id>" where a run id would be."""
-    from grace.resources.handlers import open_key_vault
+    from grace.resources.tasks.builtin_handlers import open_key_vault
 
     store = Store(manifest.store_url)
     try:

@@ -3,11 +3,12 @@ pipelines/ gives assets, jobs and schedules, sensors/ the sensors, resources/ th
 
 from dagster import Definitions, definitions
 
-from grace.alembic_leak import stop_alembic_resource_leak
-from grace.core.manifest import Manifest, load_manifest
+from grace.core.manifest import Manifest
 from grace.core.names import TASK_JOB_PREFIX
+from grace.deploy.alembic_leak import stop_alembic_resource_leak
 from grace.pipelines import build_pipelines
-from grace.resources.bindings import build_resources
+from grace.resources.tasks.project_handlers import load_routed_manifest
+from grace.resources.wiring.dagster_resources import build_resources
 from grace.sensors import build_sensors
 
 stop_alembic_resource_leak()  # the code server builds an instance per tick; see alembic_leak.py
@@ -25,4 +26,4 @@ def build_definitions(manifest: Manifest) -> Definitions:
 
 @definitions
 def defs() -> Definitions:
-    return build_definitions(load_manifest())
+    return build_definitions(load_routed_manifest())

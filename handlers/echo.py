@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from grace.core.handlers import TaskContext, handler
+from grace.core.handler_api import TaskContext, handler
 
 
 class EchoPayload(BaseModel):

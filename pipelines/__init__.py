@@ -23,6 +23,7 @@ from grace.pipelines.index import (
     build_index_asset,
     build_rebuild_schedule,
 )
+from grace.pipelines.index_status import build_index_status_checks, index_status_spec
 from grace.pipelines.ingest import build_ingest_assets
 from grace.pipelines.keys import build_key_assets, build_rotate_keys_job, build_rotate_keys_schedule
 from grace.pipelines.routing_stats import (
@@ -30,8 +31,7 @@ from grace.pipelines.routing_stats import (
     build_routing_stats_job,
     build_routing_stats_schedule,
 )
-from grace.pipelines.status import build_index_status_checks, index_status_spec
-from grace.pipelines.tasks import build_task_jobs
+from grace.pipelines.task_jobs import build_task_jobs
 
 
 def shard_partitions(shards: int) -> StaticPartitionsDefinition:

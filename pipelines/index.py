@@ -28,11 +28,11 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, rebuild_tags
-from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource
-from grace.resources.consistency import check_shard
-from grace.resources.lease import ShardLeaseResource, lease_resource_defs
-from grace.resources.progress import Progress
-from grace.resources.shard_status import ShardView, inline_refusal, rebuild_shard, shard_view
+from grace.resources.index.consistency import check_shard
+from grace.resources.index.shard_state import ShardView, inline_refusal, rebuild_shard, shard_view
+from grace.resources.runs.lease import ShardLeaseResource, lease_resource_defs
+from grace.resources.runs.progress import Progress
+from grace.resources.wiring.dagster_resources import EmbedderResource, StoreResource, VectorIndexResource
 
 COVERAGE_CHECK = "index_covers_every_embedding"
 CONSISTENCY_CHECK = "index_matches_store"
@@ -67,7 +67,7 @@ def build_index_asset(
     ) -> Iterator[MaterializeResult]:
         shard = int(context.partition_key)
         grace_store, index = store.get(), vector_index.get()
-        model_id = grace_store.serving_model(embedder.get().model_id)  # the old model's, while re-embedding
+        model_id = grace_store.serving.model(embedder.get().model_id)  # the old model's, while re-embedding
         if context.run.job_name == INGEST_JOB:
             view = shard_view(grace_store, index, shard, model_id)
             skip = inline_refusal(view, rebuild.inline_max_delta, rebuild.inline_max_vectors)
@@ -83,8 +83,9 @@ def build_index_asset(
         unreferenced = retired = 0
         if context.run.job_name != INGEST_JOB:
             # Vectors belong to no shard, so each shard's rebuild sweeps its share of the hash space.
-            unreferenced = grace_store.delete_unreferenced_embeddings(shard, index.shards)
-            retired = grace_store.delete_retired_models({model_id, embedder.get().model_id}, shard, index.shards)
+            unreferenced = grace_store.embeddings.delete_unreferenced(shard, index.shards)
+            keep = {model_id, embedder.get().model_id}
+            retired = grace_store.embeddings.delete_retired_models(keep, shard, index.shards)
         yield MaterializeResult(
             metadata={
                 **_shard_counts(view),
@@ -136,7 +137,7 @@ def build_coverage_check() -> AssetChecksDefinition:
     ) -> AssetCheckResult:
         shard = int(context.op_execution_context.partition_key)
         grace_store, index = store.get(), vector_index.get()
-        model_id = grace_store.serving_model(embedder.get().model_id)  # the old model's, while re-embedding
+        model_id = grace_store.serving.model(embedder.get().model_id)  # the old model's, while re-embedding
         view = shard_view(grace_store, index, shard, model_id)
         return AssetCheckResult(
             passed=view.coverage == 1.0,
@@ -163,7 +164,7 @@ def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
         vector_index: VectorIndexResource,
     ) -> AssetCheckResult:
         grace_store, index = store.get(), vector_index.get()
-        model_id = grace_store.serving_model(embedder.get().model_id)  # the old model's, while re-embedding
+        model_id = grace_store.serving.model(embedder.get().model_id)  # the old model's, while re-embedding
         partition = (
             context.op_execution_context.partition_key if context.op_execution_context.has_partition_key else None
         )

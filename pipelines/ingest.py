@@ -6,6 +6,7 @@ progress (files, chunks, chunks/s, ETA) every PROGRESS_SECONDS of a long run."""
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from dagster import (
     AssetExecutionContext,
@@ -20,15 +21,19 @@ from dagster import (
 from grace.core.failpoints import failpoint
 from grace.core.manifest import Manifest, SourceConfig
 from grace.pipelines.labels import model_kind, store_kind
-from grace.resources.bindings import EmbedderResource, StoreResource
-from grace.resources.chunk_writes import ChunkCut
-from grace.resources.chunking import chunker_for
-from grace.resources.lease import ShardLeaseResource, lease_resource_defs
-from grace.resources.progress import Progress
-from grace.resources.reading import read_document
-from grace.resources.schema import NewChunk
-from grace.resources.store_text import TextToChunk
-from grace.resources.work_left import chunk_texts_to_embed, documents_to_chunk
+from grace.resources.db.chunk_rows import NewChunk, chunk_context
+from grace.resources.runs.lease import ShardLeaseResource, lease_resource_defs
+from grace.resources.runs.progress import Progress
+from grace.resources.store.chunks import ChunkCut
+from grace.resources.store.documents import DocumentToRead, ReadRecorder
+from grace.resources.store.texts import TextToChunk
+from grace.resources.text.chunking import Chunk, chunker_for
+from grace.resources.text.extraction import ReadResult, read_document, source_stamps
+from grace.resources.text.isolation import ReaderWorker
+from grace.resources.text.readers.base import ExtractedDocument
+from grace.resources.text.readers.registry import reader_for
+from grace.resources.text.stored_document import from_stored, to_stored
+from grace.resources.wiring.dagster_resources import EmbedderResource, StoreResource
 
 BATCHES_PER_COMMIT = 8  # a kill loses at most this many batches of embedding work
 LISTED = 20  # how many paths metadata lists before it only counts
@@ -38,6 +43,8 @@ def build_ingest_assets(
     manifest: Manifest, shards: PartitionsDefinition, source_keys: Sequence[AssetKey]
 ) -> list[AssetsDefinition]:
     sources = {source.name: source for source in manifest.sources}
+    # A file read with a reader version or reader settings its source no longer has is read again.
+    stamps_by_source = {source.name: source_stamps(source) for source in manifest.sources}
     shard_count = manifest.index.shards
     owners, stored_in = manifest.owners, store_kind(manifest)
 
@@ -48,52 +55,41 @@ def build_ingest_assets(
         group_name="ingest",
         owners=owners,
         kinds={"python", stored_in},
-        description="Per shard: the changed files of every source read into text (stored encrypted). Binary, "
-        "non-UTF-8, empty or oversized files are quarantined with a reason (metadata quarantine_reasons, and "
-        "`grace stats`); deleted files are removed. Partition = shard; each run does whatever its shard has "
-        "pending.",
+        description="Per shard: the changed files of every source read into text (stored encrypted) by the "
+        "reader of their suffix; PDF, Word and HTML are parsed in a worker process with a time limit per file. "
+        "Unreadable, binary, non-UTF-8, empty or oversized files are quarantined with a reason (metadata "
+        "quarantine_reasons, and `grace stats`); deleted files are removed. Partition = shard; each run does "
+        "whatever its shard has pending.",
     )
     def documents(
         context: AssetExecutionContext, store: StoreResource, shard_lease: ShardLeaseResource
     ) -> MaterializeResult:
         grace_store = store.get()
         shard = int(context.partition_key)
-        active, quarantined, vanished, unchanged = [], [], [], 0
-        to_read = grace_store.documents_to_read(shard, shard_count)
-        removed = grace_store.purge_deleted([row.id for row in to_read if row.status == "deleted"])
-        # Committed a batch at a time: a kill loses at most the batch being read.
-        reads = grace_store.recording_reads(after_commit=lambda: failpoint("documents.after_one"))
-        to_read = [row for row in to_read if row.status != "deleted"]
-        progress = Progress(context.log.info, f"shard {shard} documents", total_files=len(to_read))
-        for row in to_read:
-            source = sources.get(row.source)
-            result = read_document(source.path, row.path, int(source.max_bytes)) if source else None
-            if source is None:
-                context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
-            elif result is None:
-                vanished.append(row.path)  # the next sensor tick records the deletion
-            elif result.problem:
-                reads.quarantine(row, result.content_hash, result.problem)
-                context.log.warning(f"quarantined {source.path / row.path}: {result.problem}")
-                quarantined.append(f"{row.path}: {result.problem}")
-            elif result.content_hash == row.processed_hash and row.status == "active":
-                reads.confirm(row, result.content_hash)  # touched, not edited: its chunks stand
-                unchanged += 1
-            else:
-                reads.activate(row, result.content_hash, result.text)
-                active.append(row.path)
-            progress.advance(files=1)
+        outcomes = ReadOutcomes()
+        to_read = grace_store.documents.documents_to_read(shard, shard_count, stamps_by_source)
+        with ReaderWorker() as worker:
+            if any(reader.isolated for reader in map(reader_for, (row.path for row in to_read)) if reader):
+                worker.start()  # it loads its parsers while the deletions are purged
+            removed = grace_store.documents.purge_deleted([row.id for row in to_read if row.status == "deleted"])
+            # Committed a batch at a time: a kill loses at most the batch being read.
+            reads = grace_store.documents.recording_reads(after_commit=lambda: failpoint("documents.after_one"))
+            to_read = [row for row in to_read if row.status != "deleted"]
+            progress = Progress(context.log.info, f"shard {shard} documents", total_files=len(to_read))
+            for row in to_read:
+                _read_one(context, row, sources.get(row.source), worker, reads, outcomes)
+                progress.advance(files=1)
         reads.flush()
         progress.finish()
         return MaterializeResult(
             metadata={
-                "read": len(active),
-                "unchanged": unchanged,
-                "quarantined": len(quarantined),
+                "read": len(outcomes.active),
+                "unchanged": outcomes.unchanged,
+                "quarantined": len(outcomes.quarantined),
                 "removed": removed,
-                "vanished_before_read": len(vanished),
-                "quarantine_reasons": MetadataValue.md(_bullets(quarantined)),
-                "read_paths": MetadataValue.md(_bullets(active)),
+                "vanished_before_read": len(outcomes.vanished),
+                "quarantine_reasons": MetadataValue.md(_bullets(outcomes.quarantined)),
+                "read_paths": MetadataValue.md(_bullets(outcomes.active)),
             }
         )
 
@@ -119,30 +115,29 @@ def build_ingest_assets(
         chunker = chunker_for(manifest, model.tokenizer_file)
         shard = int(context.partition_key)
         # Stages a dead run cut from text that has changed since would never publish.
-        discarded = grace_store.discard_stale_stages(shard, shard_count, chunker.settings_key)
-        released = grace_store.release_chunked_texts(shard, shard_count, chunker.settings_key)
+        discarded = grace_store.chunks.discard_stale_stages(shard, shard_count, chunker.settings_key)
+        released = grace_store.texts.release_chunked_texts(shard, shard_count, chunker.settings_key)
         published, staged, largest, reread, changed = 0, 0, 0, 0, []
-        total = documents_to_chunk(grace_store, shard, shard_count, chunker.settings_key)
+        total = grace_store.texts.count_documents_to_chunk(shard, shard_count, chunker.settings_key)
         progress = Progress(context.log.info, f"shard {shard} chunks", total_files=total)
-        for page in grace_store.documents_to_chunk(shard, shard_count, chunker.settings_key):
+        for page in grace_store.texts.documents_to_chunk(shard, shard_count, chunker.settings_key):
             cuts = []
             for document in page:
-                text = document.text if document.text is not None else _text_from_file(document, sources)
-                if text is None:
+                stored = document.text
+                extracted = from_stored(stored) if stored is not None else _document_from_file(document, sources)
+                if extracted is None:
                     # Changed or gone since it was read: the documents step reads it anew once a scan sees it.
                     changed.append(document.path)
                     progress.advance(files=1)
                     continue
                 reread += document.text is None
-                pieces = chunker.split(text)
+                pieces = chunker.split_document(extracted)
                 largest = max([largest] + [piece.token_count for piece in pieces])
-                new_chunks = [
-                    NewChunk(i, piece.chunk_hash, piece.text, piece.token_count) for i, piece in enumerate(pieces)
-                ]
+                new_chunks = [_new_chunk(i, piece) for i, piece in enumerate(pieces)]
                 cuts.append(ChunkCut(document.document_id, document.text_hash, new_chunks))
                 progress.advance(files=1, chunks=len(new_chunks))
             # An edit's new chunks wait for their embeddings; the old ones stay searchable until then.
-            live_now = grace_store.stage_chunks_many(cuts, chunker.settings_key, model.model_id)
+            live_now = grace_store.chunks.stage(cuts, chunker.settings_key, model.model_id)
             published += sum(live_now)
             staged += len(live_now) - sum(live_now)
             failpoint("chunks.after_one")
@@ -188,16 +183,16 @@ def build_ingest_assets(
         # One page per commit, saved before the next is read: a hash is embedded once, and a kill
         # loses at most a page.
         group_size = model.batch_size * BATCHES_PER_COMMIT
-        total = chunk_texts_to_embed(grace_store, shard, shard_count, model.model_id)
+        total = grace_store.texts.count_texts_to_embed(shard, shard_count, model.model_id)
         progress = Progress(context.log.info, f"shard {shard} embeddings", total_chunks=total)
-        for group in grace_store.chunks_to_embed(shard, shard_count, model.model_id, group_size):
+        for group in grace_store.texts.chunks_to_embed(shard, shard_count, model.model_id, group_size):
             hashes = [chunk_hash for chunk_hash, _text in group]
-            found = grace_store.vectors_from_other_models(hashes, model.model_id)
+            found = grace_store.embeddings.vectors_from_other_models(hashes, model.model_id)
             if found and not others:
                 context.log.info(f"other models have vectors of these chunks: re-embedding with {model.model_id}")
             others.update(found)
             # One call per page: the encoder sorts the whole page by length, so batches pad less.
-            grace_store.save_embeddings(model.model_id, hashes, model.encode([text for _hash, text in group]))
+            grace_store.embeddings.save(model.model_id, hashes, model.encode([text for _hash, text in group]))
             embedded += len(group)
             progress.advance(chunks=len(group))
             failpoint("embeddings.after_group")
@@ -210,15 +205,15 @@ def build_ingest_assets(
                 + " (embedding.model or embedding.backend changed in grace.yaml). Vectors of two models never "
                 "mix: search answers from the model it served before until every shard is re-embedded."
             )
-        published = grace_store.publish_staged(shard, shard_count, model.model_id)
-        replaced = grace_store.promote_when_complete(model.model_id)
+        published = grace_store.chunks.publish_staged(shard, shard_count, model.model_id)
+        replaced = grace_store.serving.promote_when_complete(model.model_id)
         if replaced:
             context.log.info(
                 f"every live chunk has a vector of {model.model_id}: search now answers from it, not {replaced}"
             )
-        serving = grace_store.serving_model(model.model_id)
+        serving = grace_store.serving.model(model.model_id)
         # While re-embedding, what is left across every shard: the progress a user watches.
-        left = grace_store.chunks_lacking(model.model_id) if serving != model.model_id else 0
+        left = grace_store.serving.chunks_lacking(model.model_id) if serving != model.model_id else 0
         return MaterializeResult(
             metadata={
                 "serving_model_id": serving,
@@ -235,17 +230,72 @@ def build_ingest_assets(
     return [documents, chunks, embeddings]
 
 
+@dataclass
+class ReadOutcomes:
+    """What a documents run did with each file it read, for its metadata."""
+
+    active: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _read_one(
+    context: AssetExecutionContext,
+    row: DocumentToRead,
+    source: SourceConfig | None,
+    worker: ReaderWorker,
+    reads: ReadRecorder,
+    outcomes: ReadOutcomes,
+) -> None:
+    """Read one pending file and record what became of it."""
+    if source is None:
+        context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
+        return
+    result = _read(source, row.path, worker)
+    if result is None:
+        outcomes.vanished.append(row.path)  # the next sensor tick records the deletion
+    elif result.problem:
+        reads.quarantine(row, result.content_hash, result.stamp, result.problem)
+        context.log.warning(f"quarantined {source.path / row.path}: {result.problem}")
+        outcomes.quarantined.append(f"{row.path}: {result.problem}")
+    elif result.content_hash == row.processed_hash and row.status == "active" and result.stamp == row.read_settings:
+        reads.confirm(row, result.content_hash)  # touched, not edited: its chunks stand
+        outcomes.unchanged += 1
+    else:
+        reads.activate(row, result.content_hash, result.stamp, to_stored(result.document))
+        outcomes.active.append(row.path)
+
+
+def _read(source: SourceConfig, relative: str, worker: ReaderWorker | None) -> ReadResult | None:
+    return read_document(
+        source.path,
+        relative,
+        int(source.max_bytes),
+        max_pages=source.max_pages,
+        read_seconds=source.read_seconds,
+        worker=worker,
+    )
+
+
 def _bullets(lines: list[str]) -> str:
     shown = "\n".join(f"- {line}" for line in lines[:LISTED])
     extra = len(lines) - LISTED
     return shown + (f"\n- … and {extra} more" if extra > 0 else "") if lines else "(none)"
 
 
-def _text_from_file(document: TextToChunk, sources: dict[str, SourceConfig]) -> str | None:
-    """The text of a document whose text the store no longer holds, read from its file again;
-    None if the file is gone or no longer what the document's chunks must be cut from."""
+def _document_from_file(document: TextToChunk, sources: dict[str, SourceConfig]) -> ExtractedDocument | None:
+    """A document whose text the store no longer holds, read from its file again; None if the file
+    is gone or no longer what the document's chunks must be cut from."""
     source = sources.get(document.source)
     if source is None:
         return None
-    read = read_document(source.path, document.path, int(source.max_bytes))
-    return read.text if read is not None and read.content_hash == document.text_hash else None
+    read = _read(source, document.path, worker=None)
+    return read.document if read is not None and read.content_hash == document.text_hash else None
+
+
+def _new_chunk(ordinal: int, piece: Chunk) -> NewChunk:
+    context = chunk_context(piece.title, piece.heading)
+    return NewChunk(
+        ordinal, piece.chunk_hash, piece.text, piece.token_count, context, piece.first_page, piece.last_page
+    )

@@ -1,6 +1,6 @@
 """Key jobs: rotate_keys (a new primary version when due, every encrypted column rewrapped, provably unused old
 versions destroyed) on keys.cron, and the key_status asset, whose primary_not_overdue check fails when rotation lags
-behind its schedule (resources/key_overdue.py).
+behind its schedule (resources/keys/overdue.py).
 
 Dagster reads the config class from the annotations, so this module keeps them unquoted (no __future__ import).
 """
@@ -29,11 +29,11 @@ from grace.core.names import origin_tags
 from grace.pipelines.cron import utc_cron_schedule
 from grace.pipelines.executor import run_executor
 from grace.pipelines.labels import store_kind
-from grace.resources.bindings import KeyVaultResource
-from grace.resources.handlers import rotate_and_rewrap
-from grace.resources.key_overdue import KEY_STATUS, OVERDUE_CHECK, OverdueFinding, primary_finding
-from grace.resources.key_tables import KeyStatus, aware_utc
-from grace.resources.key_vault import KeyVault
+from grace.resources.db.key_tables import KeyStatus, aware_utc
+from grace.resources.keys.overdue import KEY_STATUS, OVERDUE_CHECK, OverdueFinding, primary_finding
+from grace.resources.keys.vault import KeyVault
+from grace.resources.tasks.builtin_handlers import rotate_and_rewrap
+from grace.resources.wiring.dagster_resources import KeyVaultResource
 
 ROTATE_KEYS_JOB = "rotate_keys"
 KEYS_ORIGIN = "keys"  # grace/origin of key runs: they count against a quota like any routed task

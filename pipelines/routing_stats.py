@@ -16,8 +16,8 @@ from dagster import (
 from grace.core.manifest import Manifest
 from grace.core.names import ROUTING_ORIGIN, ROUTING_STATS_JOB, origin_tags
 from grace.pipelines.cron import utc_cron_schedule
-from grace.resources.bindings import StoreResource
-from grace.resources.routing_stats import routing_stats
+from grace.resources.tasks.routing_report import routing_stats
+from grace.resources.wiring.dagster_resources import StoreResource
 
 PER_ORIGIN_KEYS = (
     "utilization",

@@ -1,2 +1,2 @@
-"""Services as plain classes (services.py opens them from a manifest); bindings.py gives each a thin
-Dagster ConfigurableResource, injected by name."""
+"""Services as plain classes, one subpackage per sub-domain; wiring/services.py opens them from a
+manifest and wiring/dagster_resources.py gives each a thin Dagster ConfigurableResource, injected by name."""

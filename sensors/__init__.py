@@ -12,7 +12,7 @@ from grace.sensors.index_freshness import build_freshness_sensor
 from grace.sensors.keys_overdue import build_keys_overdue_sensor
 from grace.sensors.router import build_router_sensor
 from grace.sensors.run_health import build_run_health_sensor
-from grace.sensors.task_status import build_task_status_sensor
+from grace.sensors.task_lifecycle import build_task_status_sensor
 
 
 def build_sensors(manifest: Manifest, task_jobs: Sequence[JobDefinition]) -> list[SensorDefinition]:

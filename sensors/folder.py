@@ -1,9 +1,8 @@
 """One sensor per watched folder: file changes become store rows and per-shard ingest runs."""
 
-import json
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from dagster import (
     DefaultSensorStatus,
@@ -16,10 +15,12 @@ from dagster import (
 
 from grace.core.manifest import Manifest, SourceConfig
 from grace.core.names import INGEST_JOB, REASON_TAG, ingest_tags
-from grace.resources.bindings import EmbedderResource, StoreResource
-from grace.resources.chunking import chunker_for
+from grace.resources.text.chunking import chunker_for
+from grace.resources.text.extraction import source_stamps
+from grace.resources.wiring.dagster_resources import EmbedderResource, StoreResource
+from grace.sensors.json_cursor import JsonCursor
 from grace.sensors.push import pusher_for, run_key, sensor_name
-from grace.sensors.runs import run_in_flight
+from grace.sensors.run_records import run_in_flight
 from grace.sensors.scan import ScanResult, reconcile
 from grace.sensors.watcher import watcher_for
 
@@ -29,21 +30,15 @@ LOGGED_PATHS = 3  # paths a tick's message names before it only counts
 
 
 @dataclass
-class Cursor:
+class FolderCursor(JsonCursor):
     """last_change: the newest change event already turned into a run request.
     reconciled_at: when a scan of the whole folder last began (epoch seconds).
-    scan_unfinished: the last scan ran out of its time budget; the next tick scans the whole folder."""
+    scan_unfinished: the last scan ran out of its time budget; the next tick scans the whole folder.
+    An unreadable cursor starts afresh: a whole-folder scan, and run keys stop double requests."""
 
     last_change: int = 0
     reconciled_at: float = 0.0
     scan_unfinished: bool = False
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Cursor":
-        return cls(**json.loads(text)) if text else cls()
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self))
 
 
 def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefinition:
@@ -71,8 +66,8 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
     )
     def watch_folder(context: SensorEvaluationContext, store: StoreResource, embedder: EmbedderResource):
         grace_store = store.get()
-        cursor = Cursor.parse(context.cursor)
-        grace_store.forget_changes(source.name, cursor.last_change)
+        cursor = FolderCursor.parse(context.cursor)
+        grace_store.ledger.forget_changes(source.name, cursor.last_change)
         watcher, started = watcher_for(source) if manifest.watch.events else (None, True)
         if watcher:
             pusher_for(manifest, source, watcher, grace_store)
@@ -90,7 +85,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
                     watcher.journal.give_back(dirty)
                 raise
         cursor.scan_unfinished = not scan.finished
-        pending = grace_store.pending_changes(source.name, cursor.last_change, shards)
+        pending = grace_store.ledger.pending_changes(source.name, cursor.last_change, shards)
         cursor.last_change = pending.last_change_id
         requests = [
             RunRequest(
@@ -101,7 +96,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
             for shard, size in sorted(pending.bytes_by_shard.items())
         ]
         if reconcile_due:
-            retired = grace_store.retire_other_sources([known.name for known in manifest.sources])
+            retired = grace_store.ledger.retire_other_sources([known.name for known in manifest.sources])
             if retired:
                 context.log.info(f"{retired} documents of sources no longer in grace.yaml left search")
             requests += _unfinished_work(context, manifest, source, grace_store, embedder, set(pending.bytes_by_shard))
@@ -146,8 +141,8 @@ def _examples(paths: list[str]) -> str:
 def _unfinished_work(context, manifest, source, grace_store, embedder, requested: set[int]) -> list[RunRequest]:
     """Shards with work left by a run that died, and no ingest run queued or running."""
     chunker = chunker_for(manifest, embedder.get().tokenizer_file)
-    stuck = grace_store.shards_needing_ingest(
-        source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id
+    stuck = grace_store.ledger.shards_needing_ingest(
+        source.name, manifest.index.shards, chunker.settings_key, embedder.get().model_id, source_stamps(source)
     )
     return [
         RunRequest(

@@ -22,12 +22,12 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import INGEST_JOB, REBUILD_JOB, rebuild_tags
-from grace.resources.bindings import EmbedderResource, StoreResource, VectorIndexResource
-from grace.resources.index_report import INDEX_STATUS, IndexReport, index_report
-from grace.resources.shard_status import ShardView, inline_refusal, shard_views
+from grace.resources.index.report import INDEX_STATUS, IndexReport, index_report
+from grace.resources.index.shard_state import ShardView, inline_refusal, shard_views
+from grace.resources.wiring.dagster_resources import EmbedderResource, StoreResource, VectorIndexResource
 from grace.sensors.folder import TICK_SECONDS
 from grace.sensors.json_cursor import JsonCursor
-from grace.sensors.runs import run_in_flight
+from grace.sensors.run_records import run_in_flight
 
 # index_status is reported when the shards' counts changed, at most every REPORT_MIN_SECONDS (a busy
 # ingest changes them every tick), and at least every REPORT_EVERY_SECONDS even if they did not:
@@ -69,7 +69,7 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
     ):
         grace_store, index = store.get(), vector_index.get()
         target_model_id = embedder.get().model_id
-        model_id = grace_store.serving_model(target_model_id)  # the old model's, while re-embedding
+        model_id = grace_store.serving.model(target_model_id)  # the old model's, while re-embedding
         views = shard_views(grace_store, index, model_id)
         requests = []
         for view in views:
@@ -103,20 +103,9 @@ def build_freshness_sensor(manifest: Manifest) -> SensorDefinition:
 
 def status_events(report: IndexReport, orphan_share_allowed: float) -> list:
     """index_status's materialization and its checks' evaluations, as the sensor daemon records them."""
-    key = AssetKey(INDEX_STATUS)
     return [
-        AssetMaterialization(key, metadata=report.metadata()),
-        *(
-            AssetCheckEvaluation(
-                asset_key=key,
-                check_name=outcome.name,
-                passed=outcome.passed,
-                metadata=outcome.metadata,
-                severity=outcome.severity,
-                description=outcome.description,
-            )
-            for outcome in report.checks(orphan_share_allowed)
-        ),
+        AssetMaterialization(AssetKey(INDEX_STATUS), metadata=report.metadata()),
+        *(AssetCheckEvaluation(**outcome.fields()) for outcome in report.checks(orphan_share_allowed)),
     ]
 
 

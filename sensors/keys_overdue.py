@@ -18,8 +18,8 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest
-from grace.resources.bindings import KeyVaultResource
-from grace.resources.key_overdue import KEY_STATUS, OVERDUE_CHECK, primary_finding
+from grace.resources.keys.overdue import KEY_STATUS, OVERDUE_CHECK, primary_finding
+from grace.resources.wiring.dagster_resources import KeyVaultResource
 from grace.sensors.json_cursor import JsonCursor
 
 CHECK_SECONDS = 60  # key_versions is a few rows: a look a minute is cheap

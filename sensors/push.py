@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance
 
 from grace.core.manifest import Manifest, SourceConfig
 from grace.core.names import (
@@ -28,7 +28,9 @@ from grace.core.names import (
     WEBSERVER_ENV,
     ingest_tags,
 )
-from grace.resources.store import Store
+from grace.core.process_caches import PUSHERS
+from grace.resources.store.store import Store
+from grace.sensors.run_records import WAITING, run_in_flight
 from grace.sensors.scan import reconcile
 from grace.sensors.watcher import FolderWatcher
 
@@ -38,7 +40,6 @@ LAUNCHES_KEPT = 100  # the pusher lives as long as the code server: its memory o
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
-WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
 log = logging.getLogger(__name__)
 
 Launch = Callable[[dict[str, str]], str]
@@ -123,12 +124,12 @@ class Pusher:
                 raise
             if not scan.finished:  # more than one go can record: the sensor scans the whole folder next
                 journal.give_back(None)
-            pending = self.store.pending_changes(self.source.name, self.pushed_up_to, self.manifest.index.shards)
+            pending = self.store.ledger.pending_changes(self.source.name, self.pushed_up_to, self.manifest.index.shards)
         # Advanced before launching: a launch that fails is the sensor's to request, not the next push's.
         self.pushed_up_to = pending.last_change_id
         launched = []
         for shard, size in sorted(pending.bytes_by_shard.items()):
-            if _run_waiting(self.instance, shard):
+            if run_in_flight(self.instance, INGEST_JOB, shard, statuses=WAITING):
                 continue  # a run that has not started yet will read this change anyway
             tags = {
                 **ingest_tags(self.source.origin, self.source.name, shard, size, self.manifest.routing.origins),
@@ -142,39 +143,19 @@ class Pusher:
         return launched
 
 
-def _run_waiting(instance: DagsterInstance, shard: int) -> bool:
-    """An ingest run of the shard is queued and not yet started (so it will see every change recorded now)."""
-    runs = instance.get_runs(
-        filters=RunsFilter(job_name=INGEST_JOB, statuses=WAITING, tags={PARTITION_TAG: str(shard)}), limit=1
-    )
-    return bool(runs)
-
-
-_pushers: dict[str, Pusher] = {}
-_pushers_lock = threading.Lock()
-
-
 def pusher_for(manifest: Manifest, source: SourceConfig, watcher: FolderWatcher, store: Store) -> Pusher | None:
-    """This process's pusher for the source's watcher, started on first call; None where push is off.
+    """This process's pusher for the source's watcher (PUSHERS), started on first call; None where push is off.
 
     Push needs the webserver's address, which `grace dev` passes to the processes it starts.
     """
     address = os.environ.get(WEBSERVER_ENV)
     if not address or not manifest.watch.push:
         return None
-    with _pushers_lock:
-        pusher = _pushers.get(source.name)
+    with PUSHERS.lock:
+        pusher = PUSHERS.get(source.name)
         if pusher is None or pusher.watcher is not watcher:
             if pusher is not None:
                 pusher.stop()
             launch = graphql_launcher(address)
-            pusher = _pushers[source.name] = Pusher(manifest, source, watcher, store, launch, DagsterInstance.get())
+            pusher = PUSHERS.put(source.name, Pusher(manifest, source, watcher, store, launch, DagsterInstance.get()))
         return pusher
-
-
-def stop_pushers() -> None:
-    """Stop every pusher of this process (tests, shutdown)."""
-    with _pushers_lock:
-        for pusher in _pushers.values():
-            pusher.stop()
-        _pushers.clear()

@@ -17,12 +17,12 @@ from dagster import (
 
 from grace.core.manifest import Manifest
 from grace.core.names import task_job_name
-from grace.core.routing import instance_drift
-from grace.core.tasks import task_run_config, task_run_tags
-from grace.resources.bindings import StoreResource
-from grace.resources.inbox import TaskInbox
-from grace.resources.schema import utc_now
-from grace.resources.taskbook import FAILED, RECEIVED, TaskRecord
+from grace.core.routing_config import instance_drift
+from grace.core.task_model import task_run_config, task_run_tags
+from grace.resources.db.schema import utc_now
+from grace.resources.store.taskbook import FAILED, RECEIVED, TaskRecord
+from grace.resources.tasks.inbox import TaskInbox
+from grace.resources.wiring.dagster_resources import StoreResource
 from grace.sensors.folder import TICK_SECONDS
 
 # Bounds one tick; the daemon's run key check costs a query per request.

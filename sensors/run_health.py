@@ -2,7 +2,7 @@
 and its shard's ingest is requested again on the same tick. A dead task run is failed too, and
 the instance's run retries run its task again.
 
-Run monitoring fails a run whose worker process is gone (grace.launcher checks each worker's
+Run monitoring fails a run whose worker process is gone (grace.deploy.launcher checks each worker's
 pid every poll, 10 s); once that run's heartbeat is stale, this sensor frees its rows and
 requests its shard again. A worker that hangs (stopped, deadlocked) is seen by no one: its run
 would stay STARTED, holding its place in the run queue's per-shard limit, until run
@@ -37,11 +37,11 @@ from grace.core.names import (
     TASK_ID_TAG,
     TASK_JOB_PREFIX,
 )
-from grace.resources.bindings import StoreResource
-from grace.resources.lease import HEARTBEAT_TTL_SECONDS, Heartbeat, ShardLeases
-from grace.resources.schema import utc_now
+from grace.resources.db.schema import utc_now
+from grace.resources.runs.lease import HEARTBEAT_TTL_SECONDS, Heartbeat, ShardLeases
+from grace.resources.wiring.dagster_resources import StoreResource
 from grace.sensors.folder import TICK_SECONDS
-from grace.sensors.runs import run_in_flight
+from grace.sensors.run_records import run_in_flight
 
 # A run worker imports Dagster and loads the code location (5-15 s on a busy 2-core machine)
 # before its lease resource registers the first heartbeat; 40 s covers that with room to spare.
@@ -62,7 +62,12 @@ class DeadRun:
     reason: str
 
 
-def find_dead_runs(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], now: datetime) -> list[DeadRun]:
+def find_dead_runs(
+    instance: DagsterInstance,
+    heartbeats: dict[str, Heartbeat],
+    now: datetime,
+    heartbeat_ttl_seconds: float = HEARTBEAT_TTL_SECONDS,
+) -> list[DeadRun]:
     """Running or canceling runs that hold or wait for a shard, or run a task, and stopped beating.
 
     Grace's shard and task jobs are watched from their start; any other run (a UI
@@ -74,9 +79,9 @@ def find_dead_runs(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], 
         beat = heartbeats.get(run.run_id)
         if beat is not None:
             silent = (now - beat.beat_at).total_seconds()
-            if silent <= HEARTBEAT_TTL_SECONDS:
+            if silent <= heartbeat_ttl_seconds:
                 continue
-            reason = f"its run worker stopped beating {silent:.0f}s ago (limit {HEARTBEAT_TTL_SECONDS:.0f}s)"
+            reason = f"its run worker stopped beating {silent:.0f}s ago (limit {heartbeat_ttl_seconds:.0f}s)"
         elif run.job_name in SHARD_JOBS or is_task_run(run):
             silent = now.timestamp() - _last_sign_of_life(instance, run.run_id, record.update_timestamp.timestamp())
             if silent <= STARTUP_GRACE_SECONDS:
@@ -94,11 +99,16 @@ def is_task_run(run: DagsterRun) -> bool:
     return run.job_name.startswith(TASK_JOB_PREFIX) or TASK_ID_TAG in run.tags
 
 
-def ended_run_beats(instance: DagsterInstance, heartbeats: dict[str, Heartbeat], now: datetime) -> list[str]:
+def ended_run_beats(
+    instance: DagsterInstance,
+    heartbeats: dict[str, Heartbeat],
+    now: datetime,
+    heartbeat_ttl_seconds: float = HEARTBEAT_TTL_SECONDS,
+) -> list[str]:
     """Run ids whose heartbeat went stale although no run of theirs is running: Dagster already ended
     the run (its code server saw the worker die, or run monitoring gave up) or never knew it."""
     stale = [
-        run_id for run_id, beat in heartbeats.items() if (now - beat.beat_at).total_seconds() > HEARTBEAT_TTL_SECONDS
+        run_id for run_id, beat in heartbeats.items() if (now - beat.beat_at).total_seconds() > heartbeat_ttl_seconds
     ]
     if not stale:
         return []
@@ -117,13 +127,16 @@ def reap(instance: DagsterInstance, leases: ShardLeases, dead: DeadRun) -> int:
     return leases.release_run(dead.run.run_id)
 
 
-def build_run_health_sensor() -> SensorDefinition:
+def build_run_health_sensor(heartbeat_ttl_seconds: float = HEARTBEAT_TTL_SECONDS) -> SensorDefinition:
+    """heartbeat_ttl_seconds: how long a run may go without beating; shorter only where runs beat faster
+    or none runs (the crash tests' restarted daemon, whose dead runs' workers are known to be gone)."""
+
     @sensor(
         name="run_health",
         job_name=INGEST_JOB,
         minimum_interval_seconds=TICK_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
-        description=f"Fails runs whose heartbeat is older than {HEARTBEAT_TTL_SECONDS:.0f}s (a killed run worker), "
+        description=f"Fails runs whose heartbeat is older than {heartbeat_ttl_seconds:.0f}s (a killed run worker), "
         "frees their shards and requests their ingest again; index_freshness re-requests rebuilds, and "
         "the instance's run retries rerun dead task runs.",
     )
@@ -131,7 +144,7 @@ def build_run_health_sensor() -> SensorDefinition:
         leases, now = ShardLeases(store.get().engine), utc_now()
         heartbeats = leases.heartbeats()
         requests: dict[int, RunRequest] = {}
-        for run_id in ended_run_beats(context.instance, heartbeats, now):
+        for run_id in ended_run_beats(context.instance, heartbeats, now, heartbeat_ttl_seconds):
             # Dagster ended the run (run monitoring saw its worker die). Its retry, when one is made, runs
             # the work again; an ingest run's shard is requested here as well unless a run already has it.
             freed = leases.release_run(run_id)
@@ -140,7 +153,7 @@ def build_run_health_sensor() -> SensorDefinition:
             if ended.run is not None and ended.shard is not None and ended.run.job_name == INGEST_JOB:
                 if not run_in_flight(context.instance, INGEST_JOB, ended.shard):
                     requests[ended.shard] = RunRequest(partition_key=str(ended.shard), tags=_retry_tags(ended))
-        for dead in find_dead_runs(context.instance, heartbeats, now):
+        for dead in find_dead_runs(context.instance, heartbeats, now, heartbeat_ttl_seconds):
             freed = reap(context.instance, leases, dead)
             context.log.warning(
                 f"run {dead.run.run_id} ({dead.run.job_name}, shard {dead.shard}) ended: {dead.reason}; "

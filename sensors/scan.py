@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR
 
-from sqlalchemy import insert, select, update
-
 from grace.core.globs import any_glob, excluded_folder, wanted
 from grace.core.manifest import SourceConfig
-from grace.resources.reading import content_hash, is_marker, is_unread, refused_marker, unread_marker
-from grace.resources.schema import (
-    DocumentRow,
-    ObservedFile,
-    chunks,
-    documents,
-    new_document_ids,
-    remove_chunks,
-    shard_key_of,
-    utc_now,
-)
-from grace.resources.store import Store
+from grace.resources.db.schema import DocumentRow, ObservedFile
+from grace.resources.store.not_read import NO_SUFFIX
+from grace.resources.store.store import Store
+from grace.resources.text.reading import content_hash, is_marker, is_unread, refused_marker, unread_marker
 
 # Dagster abandons a sensor evaluation after 60 s, and a tick should stay well under 10 s: the
 # listing (about 2 s for 100,000 files) plus this budget plus one batch.
@@ -40,10 +31,15 @@ RECORD_BATCH = 1000  # files per transaction
 
 
 def list_files(
-    root: Path, patterns: Sequence[str], under: str = "", exclude: Sequence[str] = ()
+    root: Path,
+    patterns: Sequence[str],
+    under: str = "",
+    exclude: Sequence[str] = (),
+    unmatched: Counter[str] | None = None,
 ) -> dict[str, os.stat_result]:
     """Entries below root/under that match the patterns and no exclude glob, by /-separated path
-    relative to root, with their lstat.
+    relative to root, with their lstat. With unmatched, the entries that match no pattern and no
+    exclude are counted there by suffix (file_suffix): nothing is left out in silence.
 
     Links are listed but never followed, and neither are FIFOs or devices opened here: the
     reader quarantines them with a reason. A watched folder never reaches outside itself.
@@ -63,12 +59,25 @@ def list_files(
             if entry.is_dir(follow_symlinks=False):
                 if not excluded_folder(relative, exclude):
                     stack.append(entry.path)
-            elif included(relative) and not excluded(relative):
+            elif excluded(relative):
+                continue  # the user's choice, neither listed nor counted
+            elif included(relative):
                 try:
                     found[relative] = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+            elif unmatched is not None:
+                unmatched[file_suffix(entry.name)] += 1
     return found
+
+
+def file_suffix(name: str) -> str:
+    """The suffix a reader is picked by, lower-cased (".PPTX" is ".pptx"), NO_SUFFIX for none (".bashrc"
+    has none), printable as it is shown: non-UTF-8 bytes as \\xNN, control characters as \\uNNNN."""
+    suffix = stored_path(os.path.splitext(name)[1]).lower()
+    if not suffix:
+        return NO_SUFFIX
+    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in suffix)
 
 
 @dataclass
@@ -243,20 +252,24 @@ def reconcile(store: Store, source: SourceConfig, shards: int, dirty: Dirty | No
     SCAN_BUDGET_SECONDS allow; return what was recorded, unfinished if the budget ran out first.
 
     Files whose names are not UTF-8 are quarantined under their escaped names and never
-    reach the diff, so one bad name cannot stop a source's ticks.
+    reach the diff, so one bad name cannot stop a source's ticks. A whole-folder scan also
+    replaces the source's counts of the files that match no pattern (store.ledger.not_read).
     """
     if dirty is None:
-        known = store.documents_of(source.name)
-        on_disk = list_files(source.path, source.patterns, exclude=source.exclude)
+        known = store.ledger.documents_of(source.name)
+        unmatched: Counter[str] = Counter()
+        on_disk = list_files(source.path, source.patterns, exclude=source.exclude, unmatched=unmatched)
+        store.ledger.record_not_read(source.name, unmatched)  # only a full scan sees every unmatched file
     else:
-        known, on_disk = store.documents_at(source.name, {stored_path(relative) for relative in dirty.files}), {}
+        paths = {stored_path(relative) for relative in dirty.files}
+        known, on_disk = store.ledger.documents_at(source.name, paths), {}
         real_root = os.path.realpath(source.path)
         for relative in dirty.files:
             stat = stat_entry(real_root, source.path, relative) if wanted(relative, source) else None
             if stat is not None:
                 on_disk[relative] = stat
         for folder in dirty.folders:
-            known.update(store.documents_under(source.name, stored_path(folder)))
+            known.update(store.ledger.documents_under(source.name, stored_path(folder)))
             on_disk.update(list_files(source.path, source.patterns, under=folder, exclude=source.exclude))
     deadline = time.monotonic() + SCAN_BUDGET_SECONDS
     badly_named = {stored_path(relative): on_disk.pop(relative) for relative in list(on_disk) if not is_utf8(relative)}
@@ -268,7 +281,7 @@ def reconcile(store: Store, source: SourceConfig, shards: int, dirty: Dirty | No
         if not recorded.empty and time.monotonic() > deadline:
             recorded.finished = False
             break
-        store.record_scan(source.name, batch.changed, batch.touched, batch.moved, batch.deleted, shards)
+        store.ledger.record_scan(source.name, batch.changed, batch.touched, batch.moved, batch.deleted, shards)
         recorded.add(batch)
     return recorded
 
@@ -283,45 +296,16 @@ def quarantine_bad_names(
     """
     if not badly_named:
         return True
-    store.layout_epoch(shards)
     ordered = sorted(badly_named.items())
     for first in range(0, len(ordered), RECORD_BATCH):
         if first and time.monotonic() > deadline:
             return False
-        with store.writer.begin() as connection:
-            for path, stat in ordered[first : first + RECORD_BATCH]:
-                _quarantine_bad_name(connection, source, path, stat, shards)
+        batch = ordered[first : first + RECORD_BATCH]
+        store.ledger.record_quarantined(source, [_refused_name(path, stat) for path, stat in batch], shards)
     return True
 
 
-def _quarantine_bad_name(connection, source: str, path: str, stat: os.stat_result, shards: int) -> None:
+def _refused_name(path: str, stat: os.stat_result) -> tuple[ObservedFile, str]:
     marker = refused_marker("name", stat.st_size, stat.st_mtime_ns)
-    values = dict(
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
-        disk_hash=marker,
-        processed_hash=marker,
-        chunked_hash=None,
-        status="quarantined",
-        reason=f"file name is not valid UTF-8: {path}; rename it",
-        text=None,
-        updated_at=utc_now(),
-    )
-    existing = connection.execute(
-        select(documents.c.id).where(documents.c.source == source, documents.c.path == path)
-    ).first()
-    if existing is None:
-        [document_id] = new_document_ids(connection, source, [path])
-        connection.execute(
-            insert(documents).values(
-                id=document_id,
-                source=source,
-                path=path,
-                shard_key=shard_key_of(document_id),
-                shard=shard_key_of(document_id) % shards,
-                **values,
-            )
-        )
-    else:  # a deleted row not yet purged: its chunks must not come back with it
-        remove_chunks(connection, chunks.c.document_id == existing.id)
-        connection.execute(update(documents).where(documents.c.id == existing.id).values(**values))
+    reason = f"file name is not valid UTF-8: {path}; rename it"
+    return ObservedFile(path, stat.st_size, stat.st_mtime_ns, marker), reason

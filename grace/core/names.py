@@ -21,6 +21,8 @@ INDEX_ORIGIN = "index"
 ROUTING_ORIGIN = "routing"  # the routing_stats job's own runs
 
 # Routed tasks: one job per handler that grace.yaml's routes name.
+BUILTIN_HANDLERS = ("ingest", "search", "reindex", "rotate_keys")
+HANDLER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TASK_JOB_PREFIX = "task_"
 TASK_ID_TAG = "grace/task_id"
 TASK_TYPE_TAG = "grace/task_type"
@@ -65,4 +67,5 @@ def rebuild_tags(shard: int, reason: str, listed_origins: Collection[str]) -> di
 
 # Set by `grace dev` for the processes it starts: host:port of the webserver that push launches through.
 WEBSERVER_ENV = "GRACE_WEBSERVER"
+DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
 CODE_LOCATION = "grace"  # the workspace's location name, which launches through the webserver name

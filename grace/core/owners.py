@@ -1,7 +1,7 @@
 """grace.yaml's `owners`: who answers for Grace's assets; the Dagster UI shows them on every asset.
 
 Dagster's own rule (dagster._core.definitions.utils.is_valid_owner), on the standard library alone:
-loading grace.yaml must not import Dagster. tests/test_ui_story.py holds the two rules together.
+loading grace.yaml must not import Dagster. tests/dagster/test_ui_story.py holds the two rules together.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ def resolve_path(path: Path, info: ValidationInfo) -> Path:
 
 def validate_cron(expression: str) -> str:
     """Dagster's own rule (its is_valid_cron_string), on croniter alone: loading grace.yaml must not import
-    Dagster, which costs the CLI half a second. tests/test_manifest.py holds the two rules together."""
+    Dagster, which costs the CLI half a second. tests/unit/core/test_manifest.py holds the two rules together."""
     from croniter import croniter
 
     valid = croniter.is_valid(expression)

@@ -1,0 +1,1 @@
+"""The `grace` command: one module per group of subcommands."""

@@ -1,0 +1,1 @@
+"""The HTTP API: the Starlette app, its request parsing, the client and the server process."""

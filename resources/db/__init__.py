@@ -1,0 +1,1 @@
+"""The database: tables, key tables and migrations, one SQLAlchemy code path for SQLite and PostgreSQL."""

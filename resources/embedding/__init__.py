@@ -1,0 +1,1 @@
+"""Text to vectors: the sentence-transformers model, and its ONNX form."""

@@ -1,0 +1,1 @@
+"""Vector indexes per shard, search over them, and what they report."""

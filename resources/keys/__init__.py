@@ -1,0 +1,1 @@
+"""Data keys under the KEK: the vault, rotation and the overdue rule."""

@@ -1,0 +1,1 @@
+"""What a running step holds and shows: shard leases, heartbeats, progress lines."""

@@ -1,0 +1,1 @@
+"""From a file to text, and from text to chunks."""

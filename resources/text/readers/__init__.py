@@ -1,0 +1,1 @@
+"""One reader per file format, found by suffix in one registry."""
