@@ -1,14 +1,16 @@
-"""`grace search` from the shell: the whole command, process start to exit, on a real store.
+"""`grace search` and `grace status` from the shell: the whole command, process start to exit, on a real store.
 
     .venv/bin/python bench/cli.py [--documents 200] [--words 300] [--calls 10] [--backend onnx-int8] [--json]
 
 Builds a store of --documents files in a temporary folder (a sensor tick, then one `materialize`
 of the ingest assets and one index rebuild per shard: real Dagster, the real model with the
 chosen backend, SQLite, 4 shards), then runs `grace search "<query>"` as a subprocess: one warm-up
-call, then --calls timed ones. A breakdown (imports, manifest, opening store and vault, first
-encode with the model load, the query over store and index) is measured once, in a fresh process,
-with perf_counter. --json ends the output with one JSON object of the figures. With onnx-int8, set
-GRACE_MODEL_CACHE to a folder kept between runs, or the model is built into the temporary one first.
+call, then --calls timed ones; then `grace status --json` the same way (status_p50_s; no grace dev
+runs, so it reads the store, the key file and the Dagster home, and finds no daemon). A breakdown
+(imports, manifest, opening store and vault, first encode with the model load, the query over store
+and index) is measured once, in a fresh process, with perf_counter. --json ends the output with one
+JSON object of the figures. With onnx-int8, set GRACE_MODEL_CACHE to a folder kept between runs, or
+the model is built into the temporary one first.
 """
 
 from __future__ import annotations
@@ -87,18 +89,19 @@ def grace_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "grace.cli.main"]
 
 
-def time_calls(manifest_path: Path, calls: int, environment: dict[str, str]) -> list[float]:
-    command = [*grace_command(), "search", QUERY, "-c", str(manifest_path)]
+def time_calls(manifest_path: Path, arguments: list[str], expected: str, calls: int, environment: dict) -> list[float]:
+    """Seconds of each of calls runs of `grace <arguments> -c grace.yaml`, after one warm-up run."""
+    command = [*grace_command(), *arguments, "-c", str(manifest_path)]
     latencies = []
     for call in range(calls + 1):
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=manifest_path.parent)
         elapsed = time.perf_counter() - started
-        if done.returncode != 0 or " 1. " not in done.stdout:
-            raise SystemExit(f"grace search failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        if done.returncode != 0 or expected not in done.stdout:
+            raise SystemExit(f"grace {arguments[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         if call:  # the first is the warm-up: page cache, first build of anything cached on disk
             latencies.append(elapsed)
-        print(f"call {call or 'warm-up'}: {elapsed:.3f} s")
+        print(f"grace {arguments[0]} call {call or 'warm-up'}: {elapsed:.3f} s")
     return latencies
 
 
@@ -127,17 +130,20 @@ def main() -> None:
         started = time.perf_counter()
         manifest_path = build_store(Path(folder), args.documents, args.words, args.backend)
         print(f"store of {args.documents} documents ({args.backend}) built in {time.perf_counter() - started:.1f} s")
-        latencies = time_calls(manifest_path, args.calls, environment)
+        latencies = time_calls(manifest_path, ["search", QUERY], " 1. ", args.calls, environment)
+        status_latencies = time_calls(manifest_path, ["status", "--json"], '"store"', args.calls, environment)
         parts = breakdown(manifest_path, environment)
     figures = {
         "search_p50_s": round(statistics.median(latencies), 3),
         "search_p95_s": round(percentile(latencies, 0.95), 3),
+        "status_p50_s": round(statistics.median(status_latencies), 3),
         "calls": len(latencies),
         "documents": args.documents,
         "backend": args.backend,
         **{key: round(value, 3) if isinstance(value, float) else value for key, value in parts.items()},
     }
     print(f"grace search: p50 {figures['search_p50_s']:.3f} s, p95 {figures['search_p95_s']:.3f} s")
+    print(f"grace status (no grace dev running): p50 {figures['status_p50_s']:.3f} s")
     print(", ".join(f"{key} {figures[key]:.3f}" for key in ("import_s", "manifest_s", "open_s", "encode_s", "query_s")))
     if args.json:
         print(json.dumps(figures))

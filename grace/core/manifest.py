@@ -165,13 +165,20 @@ class RebuildConfig(Section):
     _cron = field_validator("cron")(validate_cron)
 
 
+# A shard of at most this many vectors is searched exactly, not by Annoy (resources/index/vector_index.py).
+EXACT_SEARCH_MAX_ITEMS = 20_000
+
+
 class IndexConfig(Section):
     """The vector index: static shards, one Annoy file each."""
 
     shards: int = Field(default=4, ge=1, le=256, description="static partitions, 1 to 256")
     trees: int = Field(default=50, ge=1, le=1000, description="Annoy trees per shard")
     search_k: int = Field(
-        default=25000, ge=1, description="Annoy nodes inspected per query, shared by the shards; higher = better recall"
+        default=25000,
+        ge=1,
+        description=f"Annoy nodes inspected per query in each shard of over {EXACT_SEARCH_MAX_ITEMS:,} vectors "
+        "(smaller shards are searched exactly); higher = better recall",
     )
     rebuild: RebuildConfig = RebuildConfig()
 

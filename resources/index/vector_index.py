@@ -12,11 +12,16 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from grace.core.failpoints import failpoint
+from grace.core.manifest import EXACT_SEARCH_MAX_ITEMS
 from grace.core.process_caches import OPEN_INDEX_VERSIONS
 from grace.resources.files.stamps import file_sha256, stamped_sha256
 
 POINTER = "current.json"
 KEEP_VERSIONS = 2  # the current one, and the one a reader may still be opening
+# EXACT_SEARCH_MAX_ITEMS: a shard of at most this many vectors is searched exactly, from a float32 copy
+# of its vectors beside the Annoy file. At 20k vectors of 384 dimensions a product over all of them cost
+# about what Annoy does at search_k 25,000 (bench/shard_search.py), and Annoy missed matches on small
+# shards of near-duplicates (docs/scale.md). Larger shards are searched by Annoy alone.
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class IndexVersion:
     high_water: int | None = None
     unsearchable_file: str | None = None
     layout_epoch: int | None = None
+    # The unit vectors, by position, of a shard small enough to be searched exactly; absent otherwise
+    # and from pointers of Grace 0.5 and older (those shards are searched by Annoy until rebuilt).
+    vectors_file: str | None = None
+    vectors_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,15 +53,23 @@ class LoadedIndex:
     annoy: AnnoyIndex | None  # None for an empty shard
     chunk_ids: np.ndarray  # position in the index -> chunk id, ascending
     unsearchable_at_build: np.ndarray  # ids at or below meta.high_water that were not searchable
+    vectors: np.ndarray | None = None  # memory-mapped unit vectors by position, for exact search
+
+    @property
+    def exact(self) -> bool:
+        return self.vectors is not None
 
     def nearest(self, query: np.ndarray, count: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, cosine similarities) of the count nearest items, best first.
 
-        search_k is raised to at least count * trees (Annoy's own default for count), since a
-        budget below that returns fewer than count items from an index that holds more.
+        Exact over every vector when the shard keeps them; otherwise Annoy, with search_k raised to
+        at least count * trees (Annoy's own default for count), since a budget below that returns
+        fewer than count items from an index that holds more.
         """
         if self.annoy is None or count <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        if self.vectors is not None:
+            return self._exact_nearest(query, count)
         budget = max(search_k, count * self.annoy.get_n_trees())
         positions, distances = self.annoy.get_nns_by_vector(
             query.tolist(), count, search_k=budget, include_distances=True
@@ -60,6 +77,18 @@ class LoadedIndex:
         # Annoy's angular distance is sqrt(2 - 2 cos).
         similarity = 1.0 - np.square(np.asarray(distances, dtype=np.float32)) / 2.0
         return self.chunk_ids[np.asarray(positions, dtype=np.int64)], similarity
+
+    def _exact_nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        unit = np.asarray(query, dtype=np.float32)
+        unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
+        similarity = self.vectors @ unit
+        if count < len(similarity):
+            candidates = np.argpartition(-similarity, count - 1)[:count]
+        else:
+            candidates = np.arange(len(similarity))
+        # Best first; equal scores by position, so the same query always ranks the same way.
+        best = candidates[np.lexsort((candidates, -similarity[candidates]))]
+        return self.chunk_ids[best], similarity[best].astype(np.float32)
 
 
 class IndexCorrupt(RuntimeError):
@@ -69,17 +98,25 @@ class IndexCorrupt(RuntimeError):
 class ShardedIndex:
     """One folder per shard under root/<shards>-shards/, each with a current.json pointer."""
 
-    def __init__(self, root: Path, shards: int, trees: int = 50, search_k: int = 25000):
+    def __init__(
+        self,
+        root: Path,
+        shards: int,
+        trees: int = 50,
+        search_k: int = 25000,
+        exact_max_items: int = EXACT_SEARCH_MAX_ITEMS,
+    ):
         self.root = Path(root) / f"{shards}-shards"
         self.shards = shards
         self.trees = trees
         self.search_k = search_k
+        self.exact_max_items = exact_max_items  # shards up to this size are searched exactly
 
     @property
     def search_k_per_shard(self) -> int:
-        """index.search_k is the budget of one query: the shards share it, so a query over N
-        shards of n/N vectors examines as many nodes as one over a single index of n."""
-        return -(-self.search_k // self.shards)
+        """index.search_k is each shard's budget, not a share of one: divided by 4 shards, 6,250 nodes
+        missed the one relevant file of a 446-vector shard of near-duplicates (docs/scale.md)."""
+        return self.search_k
 
     def shard_dir(self, shard: int) -> Path:
         return self.root / f"shard-{shard:03d}"
@@ -127,6 +164,11 @@ class ShardedIndex:
             _write_atomically(folder / index_file, lambda tmp: annoy.save(str(tmp)))
             annoy.unload()
             digest, size = file_sha256(folder / index_file), (folder / index_file).stat().st_size
+        vectors_file = vectors_sha256 = None
+        if 0 < len(chunk_ids) <= self.exact_max_items:
+            vectors_file = f"v{version}.vectors.npy"
+            _write_atomically(folder / vectors_file, lambda tmp: _save_unit_vectors(tmp, vectors))
+            vectors_sha256 = file_sha256(folder / vectors_file)
         _write_atomically(folder / ids_file, lambda tmp: _save_ids(tmp, chunk_ids))
         _write_atomically(folder / unsearchable_file, lambda tmp: _save_ids(tmp, unsearchable))
         meta = IndexVersion(
@@ -142,6 +184,8 @@ class ShardedIndex:
             high_water=int(high_water),
             unsearchable_file=unsearchable_file,
             layout_epoch=layout_epoch,
+            vectors_file=vectors_file,
+            vectors_sha256=vectors_sha256,
         )
         failpoint("index.before_swap")
         _write_atomically(folder / POINTER, lambda tmp: tmp.write_text(json.dumps(meta.__dict__, indent=1)))
@@ -216,7 +260,21 @@ def _open_version(folder: str, meta: IndexVersion, trust_stamp: bool = True) -> 
             raise
         if annoy.get_n_items() != meta.items:
             raise IndexCorrupt(f"{meta.index_file} holds {annoy.get_n_items()} items, the pointer says {meta.items}")
-    return LoadedIndex(meta, annoy, chunk_ids, unsearchable)
+    return LoadedIndex(meta, annoy, chunk_ids, unsearchable, _open_vectors(folder, meta, trust_stamp))
+
+
+def _open_vectors(folder: str, meta: IndexVersion, trust_stamp: bool) -> np.ndarray | None:
+    """The shard's unit vectors, memory-mapped, once their checksum and shape match the pointer."""
+    if not meta.vectors_file or not meta.items:
+        return None
+    path = Path(folder) / meta.vectors_file
+    stamp = path.with_name(path.name.split(".")[0] + ".vectors.verified")
+    if stamped_sha256(path, stamp, trust=trust_stamp) != meta.vectors_sha256:
+        raise IndexCorrupt(f"{meta.vectors_file} does not match its checksum")
+    vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    if vectors.dtype != np.float32 or vectors.shape != (meta.items, meta.dimension):
+        raise IndexCorrupt(f"{meta.vectors_file} holds {vectors.dtype} {vectors.shape}, not {meta.items} vectors")
+    return vectors
 
 
 def _check_sha256(path: Path, meta: IndexVersion, trust_stamp: bool) -> None:
@@ -247,6 +305,13 @@ def _load_version(folder: str, meta: IndexVersion, file_state: tuple[int, int, i
 def _save_ids(path: Path, chunk_ids: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, np.asarray(chunk_ids, dtype=np.int64))
+
+
+def _save_unit_vectors(path: Path, vectors: np.ndarray) -> None:
+    unit = np.asarray(vectors, dtype=np.float32)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    with open(path, "wb") as handle:
+        np.save(handle, unit)
 
 
 def _write_atomically(final: Path, write) -> None:

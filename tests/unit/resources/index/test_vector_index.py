@@ -121,11 +121,13 @@ def test_a_superseded_version_is_unmapped_once_no_search_holds_it(index):
     index.build(0, np.arange(50, dtype=np.int64), random_vectors(50), "m@1")
     first = index.load(0)
     first_file = str(index.shard_dir(0) / first.meta.index_file)
+    first_vectors = str(index.shard_dir(0) / first.meta.vectors_file)
     first.nearest(random_vectors(1)[0], 5, 100)
     del first
-    assert first_file in mapped_files(), "the process maps the version it searched"
+    assert first_file in mapped_files() and first_vectors in mapped_files(), "the process maps the version it searched"
     for generation in (1, 2):  # two newer versions: the first one's files are deleted
         index.build(0, np.arange(50, dtype=np.int64) + 100 * generation, random_vectors(50, generation), "m@1")
     assert not (index.shard_dir(0) / index.current(0).index_file).with_name(first_file.rsplit("/", 1)[1]).exists()
     assert index.load(0).meta.items == 50  # this process's cache moves on to the current version
     assert first_file not in mapped_files(), "a deleted version stays mapped: its disk space never returns"
+    assert first_vectors not in mapped_files(), "a deleted version's vectors stay mapped"
