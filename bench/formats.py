@@ -4,7 +4,7 @@
 
 - PDFs: the readable PDFs of ../shared/realdocs/pdf (those the reader does not quarantine), --copies
   times over, dropped into a fresh deployment (SQLite, encrypted); the documents step (its Dagster
-  step time: the reader worker's start, the reads, the store's writes) against pypdfium2 opening the
+  step time: its reader workers' start, the reads, the store's writes) against pypdfium2 opening the
   same files and extracting every page's text in this process. pdf_ratio is the ratio of the
   medians, >= 0.9 is the goal.
 - Mixed: the readable PDFs, Word files and HTML pages of realdocs plus Markdown (this project's
@@ -86,7 +86,7 @@ def raw_pdfium(paths: list[Path]) -> tuple[int, float]:
 
 def pdf_repeat(pdfs: list[Path], copies: int, embedder_resource) -> tuple[int, float, float]:
     """(pages, documents step seconds, raw seconds) over copies of pdfs in a fresh one-shard deployment:
-    one documents step, so one reader worker start, as one shard's run pays."""
+    one documents step, so one start of its reader pool, as one shard's run pays."""
     with tempfile.TemporaryDirectory(prefix="grace-formats-") as folder:
         deployment = deployment_in(Path(folder), embedder_resource, shards=1)
         dropped = [copy_into(pdf, deployment.inbox / f"copy{copy:02d}") for copy in range(copies) for pdf in pdfs]

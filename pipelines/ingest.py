@@ -5,7 +5,7 @@ progress (files, chunks, chunks/s, ETA) every PROGRESS_SECONDS of a long run."""
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -28,8 +28,8 @@ from grace.resources.store.chunks import ChunkCut
 from grace.resources.store.documents import DocumentToRead, ReadRecorder
 from grace.resources.store.texts import TextToChunk
 from grace.resources.text.chunking import Chunk, chunker_for
-from grace.resources.text.extraction import ReadResult, read_document, source_stamps
-from grace.resources.text.isolation import ReaderWorker
+from grace.resources.text.extraction import FileToRead, ReadResult, read_document, read_documents, source_stamps
+from grace.resources.text.isolation import ReaderPool
 from grace.resources.text.readers.base import ExtractedDocument
 from grace.resources.text.readers.registry import reader_for
 from grace.resources.text.stored_document import from_stored, to_stored
@@ -68,16 +68,19 @@ def build_ingest_assets(
         shard = int(context.partition_key)
         outcomes = ReadOutcomes()
         to_read = grace_store.documents.documents_to_read(shard, shard_count, stamps_by_source)
-        with ReaderWorker() as worker:
-            if any(reader.isolated for reader in map(reader_for, (row.path for row in to_read)) if reader):
-                worker.start()  # it loads its parsers while the deletions are purged
+        with ReaderPool() as pool:
+            # The workers load their parsers while the deletions are purged.
+            pool.start(sum(1 for row in to_read if (reader := reader_for(row.path)) and reader.isolated))
             removed = grace_store.documents.purge_deleted([row.id for row in to_read if row.status == "deleted"])
             # Committed a batch at a time: a kill loses at most the batch being read.
             reads = grace_store.documents.recording_reads(after_commit=lambda: failpoint("documents.after_one"))
-            to_read = [row for row in to_read if row.status != "deleted"]
-            progress = Progress(context.log.info, f"shard {shard} documents", total_files=len(to_read))
-            for row in to_read:
-                _read_one(context, row, sources.get(row.source), worker, reads, outcomes)
+            progress = Progress(
+                context.log.info,
+                f"shard {shard} documents",
+                total_files=sum(row.status != "deleted" for row in to_read),
+            )
+            for (row, file), result in read_documents(pool, _files_to_read(context, to_read, sources)):
+                _record_read(context, row, file, result, reads, outcomes)
                 progress.advance(files=1)
         reads.flush()
         progress.finish()
@@ -240,24 +243,34 @@ class ReadOutcomes:
     unchanged: int = 0
 
 
-def _read_one(
+def _files_to_read(
+    context: AssetExecutionContext, rows: list[DocumentToRead], sources: dict[str, SourceConfig]
+) -> Iterator[tuple[tuple[DocumentToRead, FileToRead], FileToRead]]:
+    for row in rows:
+        source = sources.get(row.source)
+        if row.status == "deleted":
+            continue
+        if source is None:
+            context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
+            continue
+        file = _file_of(source, row.path)
+        yield (row, file), file
+
+
+def _record_read(
     context: AssetExecutionContext,
     row: DocumentToRead,
-    source: SourceConfig | None,
-    worker: ReaderWorker,
+    file: FileToRead,
+    result: ReadResult | None,
     reads: ReadRecorder,
     outcomes: ReadOutcomes,
 ) -> None:
-    """Read one pending file and record what became of it."""
-    if source is None:
-        context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
-        return
-    result = _read(source, row.path, worker)
+    """Record what became of one pending file."""
     if result is None:
         outcomes.vanished.append(row.path)  # the next sensor tick records the deletion
     elif result.problem:
         reads.quarantine(row, result.content_hash, result.stamp, result.problem)
-        context.log.warning(f"quarantined {source.path / row.path}: {result.problem}")
+        context.log.warning(f"quarantined {file.root / file.relative}: {result.problem}")
         outcomes.quarantined.append(f"{row.path}: {result.problem}")
     elif result.content_hash == row.processed_hash and row.status == "active" and result.stamp == row.read_settings:
         reads.confirm(row, result.content_hash)  # touched, not edited: its chunks stand
@@ -267,15 +280,8 @@ def _read_one(
         outcomes.active.append(row.path)
 
 
-def _read(source: SourceConfig, relative: str, worker: ReaderWorker | None) -> ReadResult | None:
-    return read_document(
-        source.path,
-        relative,
-        int(source.max_bytes),
-        max_pages=source.max_pages,
-        read_seconds=source.read_seconds,
-        worker=worker,
-    )
+def _file_of(source: SourceConfig, relative: str) -> FileToRead:
+    return FileToRead(source.path, relative, int(source.max_bytes), source.max_pages, source.read_seconds)
 
 
 def _bullets(lines: list[str]) -> str:
@@ -290,7 +296,10 @@ def _document_from_file(document: TextToChunk, sources: dict[str, SourceConfig])
     source = sources.get(document.source)
     if source is None:
         return None
-    read = _read(source, document.path, worker=None)
+    file = _file_of(source, document.path)
+    read = read_document(
+        file.root, file.relative, file.max_bytes, max_pages=file.max_pages, read_seconds=file.read_seconds
+    )
     return read.document if read is not None and read.content_hash == document.text_hash else None
 
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from grace.core.manifest import SourceConfig
-from grace.resources.text.isolation import DEFAULT_SECONDS_PER_FILE, ReaderWorker
+from grace.resources.text.isolation import DEFAULT_SECONDS_PER_FILE, ReaderPool, ReaderWorker
 from grace.resources.text.readers.base import ExtractedDocument, Reader, ReadLimits, Unreadable
 from grace.resources.text.readers.registry import READ_SUFFIXES, READERS, reader_for
 from grace.resources.text.reading import Refused, read_bytes
 
 DEFAULT_MAX_PAGES = 5000
+Tag = TypeVar("Tag")  # what the caller reads a file for (its row), handed back beside the result
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,17 @@ class ReadResult:
     @property
     def text(self) -> str | None:
         return None if self.document is None else self.document.text
+
+
+@dataclass(frozen=True)
+class FileToRead:
+    """A file of a source and the source's reading settings."""
+
+    root: Path
+    relative: str
+    max_bytes: int
+    max_pages: int = DEFAULT_MAX_PAGES
+    read_seconds: float = DEFAULT_SECONDS_PER_FILE
 
 
 def read_document(
@@ -47,11 +61,69 @@ def read_document(
     Isolated readers run in worker, which the caller keeps for a run's files; without one, a
     worker is started for this file alone.
     """
-    name = os.path.basename(relative)
+    prepared = _prepare(FileToRead(root, relative, max_bytes, max_pages, read_seconds))
+    if not isinstance(prepared, _ToParse):
+        return prepared
+    if worker is not None:
+        return prepared.parsed_by(worker)
+    with ReaderWorker() as own_worker:
+        return prepared.parsed_by(own_worker)
+
+
+def read_documents(
+    pool: ReaderPool, files: Iterable[tuple[Tag, FileToRead]]
+) -> Iterator[tuple[Tag, ReadResult | None]]:
+    """read_document for each file, with the pool's workers parsing side by side while the caller
+    stores what has landed: results come in the order they are ready, each with its tag. At most
+    the pool's size of files are held at a time."""
+    for tag, file in files:
+        prepared = _prepare(file)
+        if not isinstance(prepared, _ToParse):
+            yield tag, prepared
+            continue
+        if pool.full:
+            yield _landed(*pool.landed())
+        pool.submit(
+            (tag, prepared.digest, prepared.stamp), prepared.data, prepared.name, prepared.limits, prepared.seconds
+        )
+    while pool.in_flight:
+        yield _landed(*pool.landed())
+
+
+def _landed(handed: tuple[Tag, str, str], outcome: ExtractedDocument | Unreadable) -> tuple[Tag, ReadResult]:
+    tag, digest, stamp = handed
+    if isinstance(outcome, Unreadable):
+        return tag, ReadResult(digest, stamp, problem=str(outcome))
+    return tag, ReadResult(digest, stamp, document=outcome)
+
+
+@dataclass(frozen=True)
+class _ToParse:
+    """A file's bytes, for a reader that runs isolated."""
+
+    digest: str
+    stamp: str
+    data: bytes
+    name: str
+    limits: ReadLimits
+    seconds: float
+
+    def parsed_by(self, worker: ReaderWorker) -> ReadResult:
+        try:
+            return ReadResult(
+                self.digest, self.stamp, document=worker.extract(self.data, self.name, self.limits, self.seconds)
+            )
+        except Unreadable as error:
+            return ReadResult(self.digest, self.stamp, problem=str(error))
+
+
+def _prepare(file: FileToRead) -> ReadResult | None | _ToParse:
+    """What can be known of file without an isolated reader: its result, or the bytes to parse."""
+    name = os.path.basename(file.relative)
     reader = reader_for(name)
-    stamp = _stamp(reader, max_bytes, max_pages, read_seconds)
+    stamp = _stamp(reader, file.max_bytes, file.max_pages, file.read_seconds)
     try:
-        read = read_bytes(root, relative, max_bytes)
+        read = read_bytes(file.root, file.relative, file.max_bytes)
     except Refused as refused:
         return ReadResult(refused.marker, stamp, problem=refused.problem)
     if read is None:
@@ -67,18 +139,13 @@ def read_document(
         )
     if not data:
         return ReadResult(digest, stamp, problem="empty file; add text to it")
-    limits = ReadLimits(max_text_chars=max_bytes, max_pages=max_pages)
+    limits = ReadLimits(max_text_chars=file.max_bytes, max_pages=file.max_pages)
+    if reader.isolated:
+        return _ToParse(digest, stamp, data, name, limits, file.read_seconds)
     try:
-        if not reader.isolated:
-            document = reader.read(data, name, limits)
-        elif worker is not None:
-            document = worker.extract(data, name, limits, read_seconds)
-        else:
-            with ReaderWorker() as own_worker:
-                document = own_worker.extract(data, name, limits, read_seconds)
+        return ReadResult(digest, stamp, document=reader.read(data, name, limits))
     except Unreadable as error:
         return ReadResult(digest, stamp, problem=str(error))
-    return ReadResult(digest, stamp, document=document)
 
 
 def source_stamps(source: SourceConfig) -> frozenset[str]:

@@ -3,6 +3,7 @@ hostile variants made from them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -43,3 +44,12 @@ def realdoc(relative: str) -> Path:
     path = REALDOCS / relative
     assert path.is_file(), f"{path} is missing: the tests read real documents from ../shared/realdocs"
     return path
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of that id exists (a reaped child is gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

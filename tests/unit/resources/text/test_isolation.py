@@ -14,7 +14,7 @@ from bench.pdfs import many_page_pdf
 from grace.resources.text.extraction import read_document
 from grace.resources.text.isolation import ReaderWorker
 from grace.resources.text.readers.base import ReadLimits, Unreadable
-from tests.helpers.documents import realdoc
+from tests.helpers.documents import process_alive, realdoc
 
 LIMITS = ReadLimits(max_text_chars=50_000_000, max_pages=100_000)
 TEXT_PDF = "pdf/GeoBase_NHNC1_Data_Model_UML_EN.pdf"  # 19 pages with a text layer
@@ -38,7 +38,7 @@ def test_a_reader_past_its_time_limit_is_stopped_and_the_next_file_reads(tmp_pat
         stuck_pid = worker.pid
         with pytest.raises(Unreadable, match=r"reading it took over 0.01 s \(sources\[\].read_seconds\)"):
             worker.extract(slow, "slow.pdf", LIMITS, seconds=0.01)
-        assert not _alive(stuck_pid), "the stuck worker was killed, not left running"
+        assert not process_alive(stuck_pid), "the stuck worker was killed, not left running"
         assert worker.extract(realdoc(TEXT_PDF).read_bytes(), "geobase.pdf", LIMITS).sections
         assert worker.pid != stuck_pid
 
@@ -99,11 +99,3 @@ def test_a_pdf_over_max_pages_is_quarantined_with_the_setting_to_raise(tmp_path)
     assert read_document(tmp_path, "many.pdf", 20_000_000, max_pages=12).problem is None
     problem = read_document(tmp_path, "many.pdf", 20_000_000, max_pages=11).problem
     assert "12 pages" in problem and "max_pages" in problem
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
