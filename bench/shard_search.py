@@ -7,7 +7,7 @@ Vectors are clustered near-duplicates (the skew real folders have: copies, templ
 built by ShardedIndex twice, once with exact search allowed and once with Annoy alone (trees 50,
 search_k 25,000, the shipped settings), and each query is timed through LoadedIndex.nearest, k 10.
 Prints per size exact_ms_p50, annoy_ms_p50 and annoy_recall_at_10 (against the exact top 10), and
-with --json one object on the last line. EXACT_SEARCH_MAX_ITEMS in resources/index/vector_index.py
+with --json one object on the last line. EXACT_SEARCH_MAX_ITEMS in grace/core/manifest.py
 is the largest size where exact search costs about what Annoy does.
 """
 

@@ -166,7 +166,7 @@ class RebuildConfig(Section):
 
 
 # A shard of at most this many vectors is searched exactly, not by Annoy (resources/index/vector_index.py).
-EXACT_SEARCH_MAX_ITEMS = 20_000
+EXACT_SEARCH_MAX_ITEMS = 50_000
 
 
 class IndexConfig(Section):
