@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -28,7 +29,7 @@ from grace.resources.store.chunks import ChunkCut
 from grace.resources.store.documents import DocumentToRead, ReadRecorder
 from grace.resources.store.texts import TextToChunk
 from grace.resources.text.chunking import Chunk, chunker_for
-from grace.resources.text.extraction import FileToRead, ReadResult, read_document, read_documents, source_stamps
+from grace.resources.text.extraction import FileToRead, ReadResult, read_documents, read_file, source_stamps
 from grace.resources.text.isolation import ReaderPool
 from grace.resources.text.readers.base import ExtractedDocument
 from grace.resources.text.readers.registry import reader_for
@@ -79,8 +80,8 @@ def build_ingest_assets(
                 f"shard {shard} documents",
                 total_files=sum(row.status != "deleted" for row in to_read),
             )
-            for (row, file), result in read_documents(pool, _files_to_read(context, to_read, sources)):
-                _record_read(context, row, file, result, reads, outcomes)
+            for row, result in read_documents(pool, _files_to_read(context, to_read, sources)):
+                _record_read(context, row, sources[row.source].path, result, reads, outcomes)
                 progress.advance(files=1)
         reads.flush()
         progress.finish()
@@ -245,7 +246,7 @@ class ReadOutcomes:
 
 def _files_to_read(
     context: AssetExecutionContext, rows: list[DocumentToRead], sources: dict[str, SourceConfig]
-) -> Iterator[tuple[tuple[DocumentToRead, FileToRead], FileToRead]]:
+) -> Iterator[tuple[DocumentToRead, FileToRead]]:
     for row in rows:
         source = sources.get(row.source)
         if row.status == "deleted":
@@ -253,14 +254,13 @@ def _files_to_read(
         if source is None:
             context.log.warning(f"{row.path}: source '{row.source}' is no longer in grace.yaml; left as is")
             continue
-        file = _file_of(source, row.path)
-        yield (row, file), file
+        yield row, _file_of(source, row.path)
 
 
 def _record_read(
     context: AssetExecutionContext,
     row: DocumentToRead,
-    file: FileToRead,
+    source_path: Path,
     result: ReadResult | None,
     reads: ReadRecorder,
     outcomes: ReadOutcomes,
@@ -270,7 +270,7 @@ def _record_read(
         outcomes.vanished.append(row.path)  # the next sensor tick records the deletion
     elif result.problem:
         reads.quarantine(row, result.content_hash, result.stamp, result.problem)
-        context.log.warning(f"quarantined {file.root / file.relative}: {result.problem}")
+        context.log.warning(f"quarantined {source_path / row.path}: {result.problem}")
         outcomes.quarantined.append(f"{row.path}: {result.problem}")
     elif result.content_hash == row.processed_hash and row.status == "active" and result.stamp == row.read_settings:
         reads.confirm(row, result.content_hash)  # touched, not edited: its chunks stand
@@ -296,10 +296,7 @@ def _document_from_file(document: TextToChunk, sources: dict[str, SourceConfig])
     source = sources.get(document.source)
     if source is None:
         return None
-    file = _file_of(source, document.path)
-    read = read_document(
-        file.root, file.relative, file.max_bytes, max_pages=file.max_pages, read_seconds=file.read_seconds
-    )
+    read = read_file(_file_of(source, document.path))
     return read.document if read is not None and read.content_hash == document.text_hash else None
 
 

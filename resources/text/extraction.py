@@ -12,16 +12,14 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from grace.core.manifest import SourceConfig
-from grace.resources.text.isolation import DEFAULT_SECONDS_PER_FILE, ReaderPool, ReaderWorker
+from grace.resources.text.isolation import DEFAULT_SECONDS_PER_FILE, ReaderPool, ReaderWorker, Tag
 from grace.resources.text.readers.base import ExtractedDocument, Reader, ReadLimits, Unreadable
 from grace.resources.text.readers.registry import READ_SUFFIXES, READERS, reader_for
 from grace.resources.text.reading import Refused, read_bytes
 
 DEFAULT_MAX_PAGES = 5000
-Tag = TypeVar("Tag")  # what the caller reads a file for (its row), handed back beside the result
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,12 @@ def read_document(
     Isolated readers run in worker, which the caller keeps for a run's files; without one, a
     worker is started for this file alone.
     """
-    prepared = _prepare(FileToRead(root, relative, max_bytes, max_pages, read_seconds))
+    return read_file(FileToRead(root, relative, max_bytes, max_pages, read_seconds), worker)
+
+
+def read_file(file: FileToRead, worker: ReaderWorker | None = None) -> ReadResult | None:
+    """read_document for a FileToRead."""
+    prepared = _prepare(file)
     if not isinstance(prepared, _ToParse):
         return prepared
     if worker is not None:
