@@ -69,8 +69,7 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
         cursor = FolderCursor.parse(context.cursor)
         grace_store.ledger.forget_changes(source.name, cursor.last_change)
         watcher, started = watcher_for(source) if manifest.watch.events else (None, True)
-        if watcher:
-            pusher_for(manifest, source, watcher, grace_store)
+        pusher = pusher_for(manifest, source, watcher, grace_store) if watcher else None
         reconcile_due = time.time() - cursor.reconciled_at >= manifest.watch.reconcile_every_seconds
         if reconcile_due:
             cursor.reconciled_at = time.time()
@@ -84,8 +83,9 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
                 if watcher:  # the drained paths are acknowledged only once their scan has committed
                     watcher.journal.give_back(dirty)
                 raise
+            since = pusher.sensor_since(cursor.last_change) if pusher else cursor.last_change
+            pending = grace_store.ledger.pending_changes(source.name, since, shards)
         cursor.scan_unfinished = not scan.finished
-        pending = grace_store.ledger.pending_changes(source.name, cursor.last_change, shards)
         cursor.last_change = pending.last_change_id
         requests = [
             RunRequest(

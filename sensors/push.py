@@ -3,9 +3,10 @@
 The folder sensor waits for Dagster's sensor loop (5 s at best); a pusher runs beside the
 watchdog observer, in the process that watches the folder, and launches within a fraction
 of a second. It records the change exactly as a sensor tick would, under the same lock, and
-tags the run with the run key and sensor name the sensor would have used, so the sensor's
-next tick finds the run and requests nothing twice. The sensor stays the safety net: a push
-that fails (webserver down, say) is only logged, and the next tick requests the run.
+tags the run with the run key and sensor name the sensor would have used. The sensor's ticks
+skip the changes a push has launched for (`sensor_since`), even while the launch is still on
+its way, so no change gets two runs. The sensor stays the safety net: a push that fails
+(webserver down, say) is only logged, and the next tick requests the run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from grace.core.names import (
     ingest_tags,
 )
 from grace.core.process_caches import PUSHERS
+from grace.resources.db.schema import PendingChange
 from grace.resources.store.store import Store
 from grace.sensors.run_records import WAITING, run_in_flight
 from grace.sensors.scan import reconcile
@@ -84,6 +86,7 @@ class Pusher:
         self.manifest, self.source, self.watcher, self.store = manifest, source, watcher, store
         self.launch, self.instance = launch, instance
         self.pushed_up_to = 0  # the newest change id already launched for
+        self._unlaunched_up_to = 0  # the newest change id of a launch that failed: the sensor's to request
         self.launched: deque[str] = deque(maxlen=LAUNCHES_KEPT)  # run ids, newest last (tests and logs)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"grace-push-{source.name}", daemon=True)
@@ -109,6 +112,17 @@ class Pusher:
             except Exception:  # the sensor's next tick covers whatever this push missed
                 log.exception("push for source %s failed; the folder sensor will pick the change up", self.source.name)
 
+    def sensor_since(self, committed: int) -> int:
+        """The change id after which the sensor requests runs, given its committed cursor; call under watcher.lock.
+
+        Changes this pusher launched for are skipped, so a tick that runs while a launch is on its way
+        does not request a second run under the same key. After a failed launch the sensor requests
+        from its own cursor, until a committed cursor covers what the launch missed.
+        """
+        if committed < self._unlaunched_up_to:
+            return committed
+        return max(committed, self.pushed_up_to)
+
     def push(self) -> list[str]:
         """Record what the journal holds and launch a run for every shard it touched; the new run ids."""
         journal = self.watcher.journal
@@ -125,8 +139,16 @@ class Pusher:
             if not scan.finished:  # more than one go can record: the sensor scans the whole folder next
                 journal.give_back(None)
             pending = self.store.ledger.pending_changes(self.source.name, self.pushed_up_to, self.manifest.index.shards)
-        # Advanced before launching: a launch that fails is the sensor's to request, not the next push's.
-        self.pushed_up_to = pending.last_change_id
+            # Advanced before launching: a launch that fails is the sensor's to request, not the next push's.
+            self.pushed_up_to = pending.last_change_id
+        try:
+            return self._launch(pending)
+        except Exception:
+            with self.watcher.lock:
+                self._unlaunched_up_to = max(self._unlaunched_up_to, pending.last_change_id)
+            raise
+
+    def _launch(self, pending: PendingChange) -> list[str]:
         launched = []
         for shard, size in sorted(pending.bytes_by_shard.items()):
             if run_in_flight(self.instance, INGEST_JOB, shard, statuses=WAITING):

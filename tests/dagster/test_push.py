@@ -8,16 +8,19 @@ test_freshness_daemon.py launches through the real GraphQL API).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 from dagster import DagsterRun, DagsterRunStatus
 
+from grace.core.names import WEBSERVER_ENV
+from grace.core.process_caches import PUSHERS
 from grace.resources.db.schema import shard_key_of
 from grace.sensors.push import Pusher, run_key
 from grace.sensors.watcher import watcher_for
 from tests.helpers.fakes import HashingEmbedderResource
-from tests.helpers.harness import Deployment
+from tests.helpers.harness import Deployment, tick_until
 from tests.helpers.store_writes import unprocessed_documents
 
 
@@ -47,15 +50,18 @@ def deployment(tmp_path, store_url):
 
 
 @pytest.fixture
-def pushing(deployment):
-    """(launches, pusher) over the same watcher the folder sensor uses."""
+def pushing(deployment, monkeypatch):
+    """(launches, pusher) over the same watcher the folder sensor uses, and known to the sensor as its pusher."""
     source = deployment.manifest.sources[0]
     deployment.tick()  # the first tick starts the watcher and scans the (empty) folder
     watcher, started = watcher_for(source)
     assert not started
     launches = Launches()
     pusher = Pusher(deployment.manifest, source, watcher, deployment.store, launches, deployment.instance)
+    monkeypatch.setenv(WEBSERVER_ENV, "127.0.0.1:1")  # never called: the sensor finds this pusher in PUSHERS
+    PUSHERS.put(source.name, pusher)
     yield launches, pusher
+    PUSHERS.pop(source.name)
     pusher.stop()
 
 
@@ -72,7 +78,7 @@ def shard_of(deployment, path: str) -> int:
     return shard_key_of(deployment.store.ledger.documents_of("docs")[path].id) % 2
 
 
-def test_a_burst_launches_one_run_per_shard_under_the_sensors_run_key(deployment, pushing):
+def test_a_burst_launches_one_run_per_shard_and_the_sensor_requests_none(deployment, pushing):
     launches, pusher = pushing
     names = [f"note{i}.txt" for i in range(8)]
     for name in names:
@@ -86,10 +92,33 @@ def test_a_burst_launches_one_run_per_shard_under_the_sensors_run_key(deployment
         assert tags["grace/reason"] == "push" and tags["dagster/sensor_name"] == "watch_docs"
         assert tags["grace/origin"] == "ingest" and tags["grace/shard"] == tags["dagster/partition"]
         assert int(tags["grace/data_size_bytes"]) > 0
-    # The sensor's next tick asks for the same runs under the same keys, which Dagster skips.
-    requests = deployment.tick()
-    assert sorted(request.run_key for request in requests) == sorted(tags["dagster/run_key"] for tags in launches.tags)
+    assert deployment.tick() == [], "the sensor requests nothing the pusher launched"
     assert list(pusher.launched) == ["run-1", "run-2"]
+
+
+def test_a_tick_during_a_slow_launch_requests_no_second_run(deployment, pushing):
+    launches, pusher = pushing
+    arrived, release = threading.Event(), threading.Event()
+    recorded = launches.__call__
+
+    def slow_launch(tags: dict[str, str]) -> str:
+        arrived.set()
+        assert release.wait(10), "the test never released the launch"
+        return recorded(tags)
+
+    pusher.launch = slow_launch
+    deployment.drop("racing.txt", "a tick runs while this file's run is on its way to the webserver")
+    assert arrived.wait(10), "the pusher never launched"
+    try:
+        requests = deployment.tick()  # the launch is still on its way, so Dagster holds no run under its key yet
+    finally:
+        release.set()
+    wait_until(lambda: len(launches.tags) == 1)
+    assert requests == [], "a second run under the pushed run's key"
+    deployment.drop("after.txt", "a change the pusher has not launched for is still the sensor's")
+    pusher.stop()  # so that only the sensor can see the new change
+    [request] = tick_until(deployment, bool)
+    assert request.partition_key == str(shard_of(deployment, "after.txt"))
 
 
 def test_a_failed_push_is_logged_and_the_sensor_requests_the_run(deployment, pushing, caplog):
