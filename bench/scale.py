@@ -7,8 +7,13 @@ what Grace adds around it (files, SQLite, Dagster, Annoy), at 4 shards and the d
 - first_scan_s, max_tick_s: every folder-sensor tick until each file is recorded;
 - ingest_docs_per_s, ingest_peak_rss_mb: the ingest of every shard, in a fresh process (as a run
   worker would be), and that process's peak RSS;
-- search_p50_ms, search_p95_ms: 200 queries with every vector indexed, query encoding excluded;
-  search_pending_p50_ms, search_pending_p95_ms: the same with 1% more files ingested, not indexed;
+- ingest_docs_per_s_dense_only: the same files ingested into a second store beside it, with the
+  lexical index's postings not written (the baseline), and lexical_cost_ratio, ingest_docs_per_s
+  divided by it (goal >= 0.9);
+- search_p50_ms, search_p95_ms: 200 hybrid queries (dense and lexical, fused) with every vector
+  indexed; search_dense_p50_ms and search_lexical_p50_ms: each side alone, the dense side with
+  query encoding excluded; search_pending_p50_ms, search_pending_p95_ms: hybrid with 1% more files
+  ingested, not indexed;
 - freshness_tick_s, stats_s: one index_freshness evaluation and index_stats, median of 5, with
   those 1% pending;
 - rebuild_s (median per shard) and check_s (index_matches_store over every shard).
@@ -28,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from dagster import build_sensor_context
 from sqlalchemy import func, select
 
@@ -38,6 +42,7 @@ from bench.freshness import percentile  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
 from grace.resources.db.schema import documents  # noqa: E402
 from grace.resources.index.search import Searcher, index_stats  # noqa: E402
+from grace.resources.store.lexical import LexicalIndex  # noqa: E402
 from tests.helpers.fakes import HashingEmbedder, HashingEmbedderResource  # noqa: E402
 from tests.helpers.harness import Deployment  # noqa: E402
 
@@ -75,11 +80,12 @@ def scan_until_recorded(deployment: Deployment, expected: int) -> tuple[list[flo
     return ticks, requests
 
 
-def ingest_in_fresh_process(folder: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of ingesting every shard in a new Python process."""
+def ingest_in_fresh_process(folder: Path, lexical: bool = True) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of ingesting every shard in a new Python process; lexical=False writes
+    no postings (the dense-only baseline)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    worker = context.Process(target=_ingest_worker, args=(str(folder), results))
+    worker = context.Process(target=_ingest_worker, args=(str(folder), results, lexical))
     worker.start()
     elapsed, peak_mb = results.get()
     worker.join()
@@ -88,8 +94,10 @@ def ingest_in_fresh_process(folder: Path) -> tuple[float, float]:
     return elapsed, peak_mb
 
 
-def _ingest_worker(folder: str, results) -> None:
+def _ingest_worker(folder: str, results, lexical: bool) -> None:
     logging.disable(logging.INFO)
+    if not lexical:  # the baseline: the chunks step as it was before the lexical index
+        LexicalIndex.postings = lambda self, texts: []
     deployment = open_deployment(Path(folder))
     started = time.perf_counter()
     for shard in range(SHARDS):
@@ -99,11 +107,28 @@ def _ingest_worker(folder: str, results) -> None:
     results.put((elapsed, peak_rss_mb()))
 
 
-def search_latencies_ms(deployment: Deployment, vectors: np.ndarray) -> tuple[float, float]:
-    searcher = Searcher(deployment.store, deployment.index, deployment.embedder)
-    searcher.search_vector(vectors[0], 10)  # opens each shard's index once, as a warm server has
-    latencies = [seconds(lambda v=v: searcher.search_vector(v, 10)) * 1000 for v in vectors]
+def search_latencies_ms(deployment: Deployment, queries: list[str], mode: str) -> tuple[float, float]:
+    """(p50, p95) of the queries in mode; dense takes encoded vectors, so encoding is left out."""
+    searcher = Searcher(deployment.store, deployment.index, deployment.embedder, mode)
+    if mode == "dense":
+        vectors = deployment.embedder.encode(queries)
+        searcher.search_vector(vectors[0], 10)  # opens each shard's index once, as a warm server has
+        latencies = [seconds(lambda v=v: searcher.search_vector(v, 10)) * 1000 for v in vectors]
+    else:
+        searcher.search(queries[0], 10)
+        latencies = [seconds(lambda q=q: searcher.search(q, 10)) * 1000 for q in queries]
     return statistics.median(latencies), percentile(latencies, 0.95)
+
+
+def dense_only_ingest(files: int, folder: Path) -> float:
+    """Docs/s of the same files ingested into a store of their own with no postings written."""
+    deployment = open_deployment(folder)
+    for n in range(files):
+        deployment.drop(f"d{n // 1000:03d}/n{n:06d}.txt", note(n))
+    scan_until_recorded(deployment, files)
+    deployment.store.dispose()
+    ingest_s, _peak_mb = ingest_in_fresh_process(folder, lexical=False)
+    return files / ingest_s
 
 
 def median_seconds(action, repeats: int = 5) -> float:
@@ -118,18 +143,26 @@ def measure(files: int, folder: Path, log) -> dict:
     log(f"{files} files: first scan {sum(ticks):.1f} s over {len(ticks)} ticks, longest {max(ticks):.2f} s")
     ingest_s, peak_mb = ingest_in_fresh_process(folder)
     log(f"ingest {ingest_s:.1f} s ({files / ingest_s:.0f} docs/s), peak RSS {peak_mb:.0f} MB")
+    with tempfile.TemporaryDirectory() as baseline:
+        dense_only = dense_only_ingest(files, Path(baseline))
+    log(f"dense-only ingest beside it: {dense_only:.0f} docs/s, lexical cost ratio {files / ingest_s / dense_only:.3f}")
     rebuilds = [seconds(lambda s=s: deployment.rebuild(s)) for s in range(SHARDS)]
     check_s = seconds(deployment.check)
-    queries = deployment.embedder.encode([f"word{n} word{n * 7 % 997} topic{n % 89}" for n in range(QUERIES)])
-    indexed_p50, indexed_p95 = search_latencies_ms(deployment, queries)
-    log(f"search, all indexed: p50 {indexed_p50:.1f} ms, p95 {indexed_p95:.1f} ms")
+    queries = [f"word{n} word{n * 7 % 997} topic{n % 89}" for n in range(QUERIES)]
+    indexed_p50, indexed_p95 = search_latencies_ms(deployment, queries, "hybrid")
+    dense_p50, _dense_p95 = search_latencies_ms(deployment, queries, "dense")
+    lexical_p50, _lexical_p95 = search_latencies_ms(deployment, queries, "lexical")
+    log(
+        f"search, all indexed: hybrid p50 {indexed_p50:.1f} ms, p95 {indexed_p95:.1f} ms; "
+        f"dense p50 {dense_p50:.1f} ms, lexical p50 {lexical_p50:.1f} ms"
+    )
     extra = files // 100
     for n in range(files, files + extra):
         deployment.drop(f"new/n{n:06d}.txt", "fresh " + note(n))
     _ticks, requests = scan_until_recorded(deployment, files + extra)
     for shard in sorted({int(request.partition_key) for request in requests}):
         assert deployment.ingest(shard).success
-    pending_p50, pending_p95 = search_latencies_ms(deployment, queries)
+    pending_p50, pending_p95 = search_latencies_ms(deployment, queries, "hybrid")
     log(f"search, {extra} files pending: p50 {pending_p50:.1f} ms, p95 {pending_p95:.1f} ms")
     freshness = deployment.defs.resolve_sensor_def("index_freshness")
     context = build_sensor_context(instance=deployment.instance, resources=deployment.resources)
@@ -143,11 +176,15 @@ def measure(files: int, folder: Path, log) -> dict:
         "scan_ticks": len(ticks),
         "max_tick_s": round(max(ticks), 2),
         "ingest_docs_per_s": round(files / ingest_s, 1),
+        "ingest_docs_per_s_dense_only": round(dense_only, 1),
+        "lexical_cost_ratio": round(files / ingest_s / dense_only, 3),
         "ingest_peak_rss_mb": round(peak_mb, 1),
         "rebuild_s": round(statistics.median(rebuilds), 2),
         "check_s": round(check_s, 2),
         "search_p50_ms": round(indexed_p50, 2),
         "search_p95_ms": round(indexed_p95, 2),
+        "search_dense_p50_ms": round(dense_p50, 2),
+        "search_lexical_p50_ms": round(lexical_p50, 2),
         "search_pending_p50_ms": round(pending_p50, 2),
         "search_pending_p95_ms": round(pending_p95, 2),
         "pending_files": extra,

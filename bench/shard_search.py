@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grace.core.manifest import EXACT_SEARCH_MAX_ITEMS  # noqa: E402
+from grace.core.index_config import EXACT_SEARCH_MAX_ITEMS  # noqa: E402
 from grace.resources.index.vector_index import ShardedIndex  # noqa: E402
 
 DIMENSION, K, TREES, SEARCH_K = 384, 10, 50, 25_000

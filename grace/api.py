@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from grace.core.index_config import SearchMode
 from grace.core.manifest import Manifest
 from grace.resources.index.search import Searcher, SearchHit, index_stats
 from grace.resources.store.store import Store
@@ -32,12 +33,14 @@ def searcher(config: str | Path | None = None) -> Searcher:
     return open_searcher(load_routed_manifest(config))
 
 
-def search(query: str, k: int = 5, config: str | Path | None = None) -> list[SearchHit]:
-    """The k chunks nearest to the query across every shard, best first.
+def search(query: str, k: int = 5, config: str | Path | None = None, mode: SearchMode | None = None) -> list[SearchHit]:
+    """The k best chunks for the query across every shard, best first, ranked as mode says: hybrid (dense
+    and lexical ranks fused), dense or lexical; grace.yaml's search.mode by default. A ValueError names
+    an unknown mode.
 
     Lone surrogates (undecodable bytes from argv or a file name) become U+FFFD, with a UnicodeWarning.
     """
-    return searcher(config).search(query, k)
+    return searcher(config).search(query, k, mode)
 
 
 def stats(config: str | Path | None = None) -> dict:

@@ -80,17 +80,21 @@ def build_index_asset(
         rebuilt = progress.run(lambda: rebuild_shard(grace_store, index, shard, model_id))
         built, view, seconds = rebuilt.built, rebuilt.view, rebuilt.seconds
         context.log.info(f"shard {shard}: built version {built.version} with {built.items} vectors in {seconds:.2f}s")
-        unreferenced = retired = 0
+        unreferenced = retired = lexical_written = lexical_swept = 0
         if context.run.job_name != INGEST_JOB:
-            # Vectors belong to no shard, so each shard's rebuild sweeps its share of the hash space.
+            # Vectors and postings belong to no shard, so each shard's rebuild sweeps its share of the hash space.
             unreferenced = grace_store.embeddings.delete_unreferenced(shard, index.shards)
             keep = {model_id, embedder.get().model_id}
             retired = grace_store.embeddings.delete_retired_models(keep, shard, index.shards)
+            lexical_written = grace_store.lexical.repair(shard, index.shards)
+            lexical_swept = grace_store.lexical.delete_unreferenced(shard, index.shards)
         yield MaterializeResult(
             metadata={
                 **_shard_counts(view),
                 "unreferenced_vectors_deleted": MetadataValue.int(unreferenced),
                 "retired_model_vectors_deleted": MetadataValue.int(retired),
+                "lexical_texts_indexed": MetadataValue.int(lexical_written),
+                "lexical_texts_deleted": MetadataValue.int(lexical_swept),
                 "version": built.version,
                 "items": MetadataValue.int(built.items),
                 "build_seconds": MetadataValue.float(round(seconds, 3)),
@@ -171,7 +175,12 @@ def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
         shards = [int(partition)] if partition is not None else range(index.shards)
         reports = [check_shard(grace_store, index, shard, model_id) for shard in shards]
         problems = [problem for report in reports for problem in report.problems]
-        stale = [f"shard {r.shard} stale: {r.orphans} orphan, {r.missing} missing vectors" for r in reports if r.stale]
+        stale = [
+            f"shard {r.shard} stale: {r.orphans} orphan, {r.missing} missing vectors, {r.lexical_missing} chunks "
+            "without postings"
+            for r in reports
+            if r.stale
+        ]
         return AssetCheckResult(
             # Corruption must be repaired; staleness only means the next rebuild is due.
             passed=not problems,
@@ -184,6 +193,8 @@ def build_consistency_check(manifest: Manifest) -> AssetChecksDefinition:
                 "orphan_vectors": sum(r.orphans for r in reports),
                 "missing_vectors": sum(r.missing for r in reports),
                 "vectors_compared": sum(r.vectors_compared for r in reports),
+                "lexical_missing": sum(r.lexical_missing for r in reports),
+                "postings_compared": sum(r.postings_compared for r in reports),
             },
         )
 

@@ -17,6 +17,7 @@ from grace.cli.model import add_model_commands, ensure_model
 from grace.cli.status import add_status_command
 from grace.cli.sync import add_sync_command
 from grace.cli.tasks import add_task_commands, positive_int, print_drift
+from grace.core.index_config import SEARCH_MODES
 from grace.core.manifest import DEFAULT_MANIFEST, Manifest, ManifestError
 from grace.core.names import DEV_LOCK, WEBSERVER_ENV
 from grace.core.secrets import SecretError, parse_secret_ref
@@ -77,9 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--api-port", type=_port, help="HTTP API port (default: api.port in grace.yaml)")
     dev.set_defaults(handler=_dev)
 
-    search = commands.add_parser("search", help="semantic search over everything ingested")
+    search = commands.add_parser("search", help="search everything ingested: by meaning, by terms, or both")
     search.add_argument("query", help="what to look for, in your own words")
     search.add_argument("-k", type=positive_int, default=5, help="number of results (default 5)")
+    search.add_argument(
+        "--mode",
+        choices=SEARCH_MODES,
+        help="hybrid (both, fused), dense (meaning) or lexical (terms); default: search.mode",
+    )
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
     search.add_argument("--local", action="store_true", help="search in this process, not through `grace serve`")
     _config_option(search)
@@ -240,20 +246,21 @@ def _search(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     manifest = load_routed_manifest(args.config)
-    hits = None if args.local else _warm_search(manifest, query, args.k)
+    hits = None if args.local else _warm_search(manifest, query, args.k, args.mode)
     if hits is None:
         from grace.resources.index.search import hit_dict
         from grace.resources.wiring.services import open_searcher
 
-        hits = [hit_dict(hit) for hit in open_searcher(manifest).search(query, args.k)]
+        hits = [hit_dict(hit) for hit in open_searcher(manifest).search(query, args.k, args.mode)]
     if args.json:
         print(json.dumps(hits, indent=1))
         return 0
     if not hits:
-        print("no results: nothing is ingested yet (see `grace stats`)")
+        print(f"no results ({args.mode or manifest.search.mode} search); `grace stats` shows what is ingested")
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit["text"].split())[:160]
-        print(f"{rank:>2}. {hit['score']:.3f}  {hit['source']}/{_place(hit)} #{hit['chunk']}\n    {snippet}")
+        found_by = f"  [{hit['found_by']}]" if "found_by" in hit else ""
+        print(f"{rank:>2}. {hit['score']:.3f}  {hit['source']}/{_place(hit)} #{hit['chunk']}{found_by}\n    {snippet}")
     return 0
 
 
@@ -266,7 +273,7 @@ def _place(hit: dict) -> str:
     return f"{place} · {hit['heading']}" if hit.get("heading") else place
 
 
-def _warm_search(manifest: Manifest, query: str, k: int) -> list[dict] | None:
+def _warm_search(manifest: Manifest, query: str, k: int, mode: str | None) -> list[dict] | None:
     """The hits from the `grace serve` of this state dir, which has the model loaded; None if none answers."""
     from grace.http.client import ApiUnavailable, api_token, remote_search, running_server
 
@@ -274,7 +281,7 @@ def _warm_search(manifest: Manifest, query: str, k: int) -> list[dict] | None:
     if url is None:
         return None
     try:
-        return remote_search(url, query, k, api_token(manifest))
+        return remote_search(url, query, k, api_token(manifest), mode)
     except (ApiUnavailable, SecretError):
         return None
 

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from grace.core.globs import wanted
+from grace.core.index_config import SearchMode
 from grace.core.names import HANDLER_NAME_PATTERN
 
 
@@ -127,6 +128,9 @@ class SearchPayload(BaseModel):
         description="what to look for; an intent's goal is used as the query",
     )
     k: int = Field(default=5, ge=1, le=100, description="number of results")
+    mode: SearchMode | None = Field(
+        default=None, description="hybrid, dense or lexical; default: grace.yaml's search.mode"
+    )
 
     @field_validator("query")
     @classmethod

@@ -9,9 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ByteSize,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -22,24 +20,20 @@ from pydantic import (
 from grace.core.database_config import DatabaseConfig, export_password, override_from_environment, with_psycopg2
 from grace.core.executor_config import ExecutorConfig
 from grace.core.http_config import ApiConfig
+from grace.core.index_config import IndexConfig, SearchConfig
 from grace.core.keys_config import DEFAULT_KEY_FILE, KeysConfig
 from grace.core.manifest_errors import ManifestError, read_yaml_with_lines, validation_issues
 from grace.core.owners import DEFAULT_OWNERS, check_owner
 from grace.core.routing_config import RoutingConfig
 from grace.core.secrets import check_key_file, parse_secret_ref
-from grace.core.validators import resolve_path, validate_cron
+from grace.core.section import Section
+from grace.core.validators import resolve_path
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 TAG_VALUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 # Hidden files and folders (.git/, .DS_Store, editor locks .#x), office locks (~$x) and backups (x~).
 DEFAULT_EXCLUDES = ("**/.*", "**/.*/**", "**/~$*", "**/*~")
 DEFAULT_MANIFEST = "grace.yaml"
-
-
-class Section(BaseModel):
-    """Base for every manifest section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SourceConfig(Section):
@@ -140,49 +134,6 @@ class EmbeddingConfig(Section):
         return self
 
 
-class RebuildConfig(Section):
-    """When a shard's Annoy index is rebuilt."""
-
-    when_stale_fraction: float = Field(
-        default=0.10,
-        gt=0,
-        le=1,
-        description="rebuild once pending + tombstoned vectors pass this share of the shard",
-    )
-    cron: str = Field(default="0 * * * *", description="rebuild every shard on this schedule")
-    inline_max_delta: int = Field(
-        default=1000,
-        ge=0,
-        description="an ingest run rebuilds its shard's index itself, before it ends, when at most this many "
-        "vectors are pending or tombstoned (0: never); bigger deltas go to the rebuild_index job",
-    )
-    inline_max_vectors: int = Field(
-        default=50_000,
-        ge=0,
-        description="...and the shard holds at most this many vectors: a rebuild costs in proportion to the shard",
-    )
-
-    _cron = field_validator("cron")(validate_cron)
-
-
-# A shard of at most this many vectors is searched exactly, not by Annoy (resources/index/vector_index.py).
-EXACT_SEARCH_MAX_ITEMS = 50_000
-
-
-class IndexConfig(Section):
-    """The vector index: static shards, one Annoy file each."""
-
-    shards: int = Field(default=4, ge=1, le=256, description="static partitions, 1 to 256")
-    trees: int = Field(default=50, ge=1, le=1000, description="Annoy trees per shard")
-    search_k: int = Field(
-        default=25000,
-        ge=1,
-        description=f"Annoy nodes inspected per query in each shard of over {EXACT_SEARCH_MAX_ITEMS:,} vectors "
-        "(smaller shards are searched exactly); higher = better recall",
-    )
-    rebuild: RebuildConfig = RebuildConfig()
-
-
 class WatchConfig(Section):
     """How sensors learn about file changes."""
 
@@ -244,6 +195,7 @@ class Manifest(Section):
     chunking: ChunkingConfig = ChunkingConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
+    search: SearchConfig = SearchConfig()
     watch: WatchConfig = WatchConfig()
     daemon: DaemonConfig = DaemonConfig()
     # Validated even when absent, so that its folders resolve against grace.yaml's folder.

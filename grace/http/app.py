@@ -8,7 +8,6 @@ and tasks go to the router's store, and search asks the same Searcher as `grace 
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from grace.core.index_config import SearchMode
 from grace.core.manifest import Manifest
 from grace.core.secrets import SecretError, parse_secret_ref, resolve_secret
 from grace.core.task_model import TaskRejected
@@ -53,6 +53,7 @@ class IngestRequest(_Body):
 class SearchRequest(_Body):
     query: str = Field(min_length=1, max_length=10_000)
     top_k: int = Field(default=5, ge=1, le=1000)
+    mode: SearchMode | None = Field(default=None, description="hybrid, dense or lexical; default: search.mode")
 
     @field_validator("query")
     @classmethod
@@ -70,15 +71,9 @@ class Services:
     ):
         self.manifest, self.config, self.target = manifest, config, target
         self.searcher, self.dagster_home = searcher, dagster_home
-        # Queries are encoded one at a time: the torch backend is not documented as thread-safe, and on
-        # a CPU the model uses every core for one query anyway. Store and index reads run concurrently.
-        self.encode_lock = threading.Lock()
 
-    def search(self, query: str, k: int) -> list[SearchHit]:
-        serving = self.searcher.serving_embedder()
-        with self.encode_lock:
-            vector = serving.encode([query])[0]
-        return self.searcher.search_vector(vector, k, serving.model_id)
+    def search(self, query: str, k: int, mode: SearchMode | None = None) -> list[SearchHit]:
+        return self.searcher.search(query, k, mode)
 
     def warm_up(self) -> None:
         """Load the model and map every shard's index now, so that the first request is as fast as the rest."""
@@ -170,8 +165,10 @@ def _routes(services: Services) -> list[Route]:
 
     async def search(request: Request) -> JSONResponse:
         body = validated(SearchRequest, await read_json(request, max_body))
-        hits = await run_in_threadpool(services.search, body.query, body.top_k)
-        return JSONResponse({"query": body.query, "top_k": body.top_k, "results": [hit_dict(hit) for hit in hits]})
+        hits = await run_in_threadpool(services.search, body.query, body.top_k, body.mode)
+        mode = body.mode or services.searcher.mode
+        results = [hit_dict(hit) for hit in hits]
+        return JSONResponse({"query": body.query, "top_k": body.top_k, "mode": mode, "results": results})
 
     async def submit_intent(request: Request) -> JSONResponse:
         data = await read_json(request, max_body)

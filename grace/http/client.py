@@ -101,9 +101,10 @@ def request_json(
         connection.close()
 
 
-def remote_search(url: str, query: str, k: int, token: str | None = None) -> list[dict]:
+def remote_search(url: str, query: str, k: int, token: str | None = None, mode: str | None = None) -> list[dict]:
     """The k best hits from the server at url, as `grace search --json` prints them (hit_dict)."""
-    status, answer = request_json(url, "POST", "/api/vectors/search", {"query": query, "top_k": k}, token)
+    body = {"query": query, "top_k": k} | ({"mode": mode} if mode else {})
+    status, answer = request_json(url, "POST", "/api/vectors/search", body, token)
     if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
         raise ApiUnavailable(f"POST {url}/api/vectors/search answered {status}: {answer}")
     return answer["results"]

@@ -19,11 +19,13 @@ class ShardConsistency:
     orphans: int = 0  # vectors in the index whose chunk is gone from the store
     missing: int = 0  # searchable embeddings the index does not hold yet
     vectors_compared: int = 0
+    lexical_missing: int = 0  # live chunks cut before the lexical index, which the next rebuild indexes
+    postings_compared: int = 0
 
     @property
     def stale(self) -> bool:
         """Behind the store, which the next rebuild fixes: not a failure."""
-        return self.orphans > 0 or self.missing > 0
+        return self.orphans > 0 or self.missing > 0 or self.lexical_missing > 0
 
 
 def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) -> ShardConsistency:
@@ -31,6 +33,7 @@ def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) ->
     over the shard, check that the change log search relies on agrees with that pass, and compare
     indexed vectors with the store's (all of them, up to VECTORS_COMPARED)."""
     report = ShardConsistency(shard)
+    _check_lexical(store, index.shards, report)
     searchable = store.index_delta.embedded_chunk_ids(shard, index.shards, model_id)
     try:
         loaded = index.verify(shard)
@@ -64,6 +67,18 @@ def check_shard(store: Store, index: ShardedIndex, shard: int, model_id: str) ->
             report.problems.append(f"shard {shard}: {len(wrong)} vectors differ from the store (first {first})")
         report.vectors_compared = len(ids)
     return report
+
+
+def _check_lexical(store: Store, shards: int, report: ShardConsistency) -> None:
+    """Count the shard's live chunks without postings, and recompute a spread of the others' from their text."""
+    report.lexical_missing = store.lexical.missing(report.shard, shards)
+    compared, wrong = store.lexical.disagreements(report.shard, shards)
+    report.postings_compared = compared
+    if wrong:
+        report.problems.append(
+            f"shard {report.shard}: the lexical postings of {len(wrong)} chunks differ from their text "
+            f"(first {wrong[0]}): the shard's next rebuild_index run rewrites them"
+        )
 
 
 def _change_log_disagreement(

@@ -1,25 +1,30 @@
-"""Semantic search over every shard, and index stats computed from the store and index files."""
+"""Search over every shard (dense, lexical or hybrid), and index stats computed from the store and index files."""
 
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from grace.core.index_config import SearchMode, check_mode
 from grace.resources.embedding.embedder import Embedder, embedder_for_model_id
+from grace.resources.index.fusion import FUSION_DEPTH, Ranked, fuse
 from grace.resources.index.shard_state import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.store.store import Store
 from grace.resources.text.readers.base import HEADING_SEPARATOR
+from grace.resources.text.terms import LexicalQuery, holds_phrase, parse_query
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+PHRASE_CHECK_BATCH = 200  # lexical candidates whose text is opened at once to check a phrase
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    score: float
+    score: float  # dense: cosine; lexical: BM25; hybrid: the fused score (resources/index/fusion.py)
     source: str
     path: str
     chunk: int
@@ -29,18 +34,30 @@ class SearchHit:
     heading: str = ""  # the heading path the chunk sits under, e.g. "Install > Linux"
     first_page: int | None = None  # pages, for paged documents (PDF)
     last_page: int | None = None
+    dense_rank: int | None = None  # 1-based rank among the vectors' candidates; None: not found by them
+    lexical_rank: int | None = None  # among the lexical index's; None: not found by it
+    found_by: str = "dense"  # "dense", "lexical" or "both"
 
 
 class Searcher:
-    """Encodes a query, asks every shard's index and scans its pending vectors exactly."""
+    """Answers a query from the vectors (every shard's index and its pending vectors, exactly), from the
+    lexical index, or from both fused by rank, as mode says (grace.yaml's search.mode by default)."""
 
-    def __init__(self, store: Store, index: ShardedIndex, embedder: Embedder):
+    def __init__(self, store: Store, index: ShardedIndex, embedder: Embedder, mode: SearchMode = "hybrid"):
         self.store = store
         self.index = index
         self.embedder = embedder
+        self.mode = check_mode(mode)
+        # Queries are encoded one at a time: the torch backend is not documented as thread-safe, and on
+        # a CPU the model uses every core for one query anyway. Store and index reads run concurrently.
+        self._encode_lock = threading.Lock()
 
-    def search(self, query: str, k: int = 10) -> list[SearchHit]:
-        """The k chunks nearest to the query, best first; undecodable characters warn and become U+FFFD."""
+    def search(self, query: str, k: int = 10, mode: SearchMode | None = None) -> list[SearchHit]:
+        """The k best chunks for the query, best first; undecodable characters warn and become U+FFFD.
+
+        A `"quoted phrase"` must appear in a lexical or hybrid hit exactly (dense search ignores quotes).
+        """
+        mode = check_mode(mode or self.mode)
         if not query.strip():
             raise ValueError("the query is empty; pass some words to search for")
         if k < 1:
@@ -48,8 +65,23 @@ class Searcher:
         query, replaced = repair_query(query)
         if replaced:
             warnings.warn(f"the query was not valid Unicode; searching for {query!r} instead", UnicodeWarning, 2)
+        lexical_query = parse_query(query)
+        if mode == "lexical" or (mode == "hybrid" and lexical_query.phrases):
+            lexical = self._lexical_ranked(lexical_query, k if mode == "lexical" else max(k, FUSION_DEPTH))
+            if mode == "lexical":
+                return self._hits(
+                    [Ranked(chunk_id, score, None, rank) for rank, (chunk_id, score) in enumerate(lexical, 1)]
+                )
         serving = self.serving_embedder()
-        return self.search_vector(serving.encode([query])[0], k, serving.model_id)
+        with self._encode_lock:
+            vector = serving.encode([query])[0]
+        if mode == "dense":
+            return self.search_vector(vector, k, serving.model_id)
+        if not lexical_query.phrases:
+            lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH))
+        dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id)
+        fused = fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))
+        return self._hits(fused[:k])
 
     def serving_embedder(self) -> Embedder:
         """The embedder of the model search answers from (see serving_model.py): the configured one,
@@ -70,6 +102,10 @@ class Searcher:
 
     def search_vector(self, vector: np.ndarray, k: int, model_id: str | None = None) -> list[SearchHit]:
         """The k chunks nearest to an encoded query, from model_id's vectors (by default the serving model's)."""
+        dense = self._dense_ranked(vector, k, model_id)
+        return self._hits([Ranked(chunk_id, score, rank, None) for rank, (chunk_id, score) in enumerate(dense, 1)])
+
+    def _dense_ranked(self, vector: np.ndarray, k: int, model_id: str | None) -> list[tuple[int, float]]:
         model_id = model_id or self.store.serving.model(self.embedder.model_id)
         ids, scores = [], []
         for view in shard_views(self.store, self.index, model_id):
@@ -78,14 +114,34 @@ class Searcher:
             scores.append(shard_scores)
         all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
         best = np.argsort(-all_scores, kind="stable")[:k]
-        hits = self.store.texts.chunk_hits([int(chunk_id) for chunk_id in all_ids[best]])
+        return [(int(all_ids[position]), float(all_scores[position])) for position in best]
+
+    def _lexical_ranked(self, query: LexicalQuery, k: int) -> list[tuple[int, float]]:
+        """The k best lexical candidates; with phrases, only those whose text holds each one, in order."""
+        ranked = self.store.lexical.search(query, None if query.phrases else k)
+        if not query.phrases:
+            return ranked
+        kept = []
+        for start in range(0, len(ranked), PHRASE_CHECK_BATCH):
+            batch = ranked[start : start + PHRASE_CHECK_BATCH]
+            texts = self.store.texts.chunk_hits([chunk_id for chunk_id, _score in batch])
+            for chunk_id, score in batch:
+                hit = texts.get(chunk_id)
+                if hit is not None and all(holds_phrase(hit.text, list(phrase)) for phrase in query.phrases):
+                    kept.append((chunk_id, score))
+            if len(kept) >= k:
+                return kept[:k]
+        return kept
+
+    def _hits(self, ranked: list[Ranked]) -> list[SearchHit]:
+        hits = self.store.texts.chunk_hits([entry.chunk_id for entry in ranked])
         results = []
-        for position in best:
-            hit = hits.get(int(all_ids[position]))
+        for entry in ranked:
+            hit = hits.get(entry.chunk_id)
             if hit is not None:  # removed between the id lookup and now
                 results.append(
                     SearchHit(
-                        float(all_scores[position]),
+                        entry.score,
                         hit.source,
                         hit.path,
                         hit.ordinal,
@@ -95,6 +151,9 @@ class Searcher:
                         HEADING_SEPARATOR.join(hit.heading),
                         hit.first_page,
                         hit.last_page,
+                        entry.dense_rank,
+                        entry.lexical_rank,
+                        entry.found_by,
                     )
                 )
         return results

@@ -12,7 +12,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from grace.core.failpoints import failpoint
-from grace.core.manifest import EXACT_SEARCH_MAX_ITEMS
+from grace.core.index_config import EXACT_SEARCH_MAX_ITEMS
 from grace.core.process_caches import OPEN_INDEX_VERSIONS
 from grace.resources.files.stamps import file_sha256, stamped_sha256
 

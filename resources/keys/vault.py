@@ -56,6 +56,7 @@ from grace.resources.db.key_tables import (
 )
 from grace.resources.db.migrations import ensure_head
 from grace.resources.db.schema import as_utc, make_engine, writer_of
+from grace.resources.keys.term_key import load_term_key, rewrap_term_key
 
 # encrypt() asks the store for the primary version at most this often; rotate() in this process refreshes it.
 PRIMARY_TTL_SECONDS = 10.0
@@ -94,6 +95,7 @@ class KeyVault:
         self._data_keys: dict[int, AESGCM] = {}
         # (version, monotonic time it was read), shared with the for_run() copies like the data keys
         self._primary: dict[str, tuple[int, float]] = {}
+        self._term_key: list[bytes] = []  # shared with the for_run() copies; it never changes
         self._check_kek()
 
     def for_run(self, run_id: str | None) -> KeyVault:
@@ -128,6 +130,12 @@ class KeyVault:
         except DecryptionError as error:
             self._audit_alone(KeyEvent.DECRYPT_FAILED, error.version, {"aad": aad, "reason": error.reason})
             raise
+
+    def term_key(self) -> bytes:
+        """The key the lexical index hashes terms with (resources/keys/term_key.py), made on first use."""
+        if not self._term_key:
+            self._term_key.append(load_term_key(self.engine, self.writer, self._kek, self._kek_id, self.kek_source))
+        return self._term_key[0]
 
     def rotate(self, now: datetime | None = None, force: bool = False) -> KeyVersion | None:
         """A new primary version if the current one is due (or force); None if not due.
@@ -248,7 +256,8 @@ class KeyVault:
                     .where(key_versions.c.version == row.version)
                     .values(wrapped_key=wrap_data_key(new_wrapper, row.version, data_key), kek_id=new_id)
                 )
-            detail = {"from_kek_id": self._kek_id, "to_kek_id": new_id, "versions": len(rows)}
+            term_key = rewrap_term_key(connection, self._kek, new_wrapper, new_id)
+            detail = {"from_kek_id": self._kek_id, "to_kek_id": new_id, "versions": len(rows), "term_key": term_key}
             self._audit(connection, KeyEvent.KEK_ROTATED, None, detail)
         self._kek, self._kek_id, self.kek_source = new_wrapper, new_id, new_source
 

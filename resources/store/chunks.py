@@ -15,6 +15,7 @@ from grace.resources.db.chunk_rows import NewChunk
 from grace.resources.db.schema import batches, chunks, documents, embeddings, remove_chunks, staged_chunks
 from grace.resources.db.work_left import has_embedding
 from grace.resources.store.layout import ShardLayout
+from grace.resources.store.lexical import LexicalIndex
 from grace.resources.store.texts import SealedText
 
 
@@ -30,11 +31,12 @@ class ChunkCut:
 class Chunks:
     """store.chunks: the chunks step's writes, and publishing what it staged once the embeddings exist."""
 
-    def __init__(self, engine: Engine, writer: Engine, layout: ShardLayout, texts: SealedText):
+    def __init__(self, engine: Engine, writer: Engine, layout: ShardLayout, texts: SealedText, lexical: LexicalIndex):
         self.engine = engine
         self.writer = writer
         self.layout = layout
         self.texts = texts  # seals the chunks' text
+        self.lexical = lexical  # indexes it, in the same transaction
 
     def discard_stale_stages(self, shard: int, shards: int, settings_key: str) -> int:
         """Drop staged chunks cut from text or settings a document no longer has (left by a dead run)."""
@@ -62,12 +64,15 @@ class Chunks:
         other in a cycle). Returns, per cut, whether its chunks are live now (False if the
         document is gone).
         """
+        # Staged chunks get their postings now too: publishing a stage then writes no postings.
+        postings = self.lexical.postings((chunk.chunk_hash, chunk.text) for cut in cuts for chunk in cut.chunks)
         sealed = [
             ChunkCut(cut.document_id, cut.text_hash, self.texts.seal_chunks(cut.document_id, cut.chunks))
             for cut in cuts
         ]
         ids = sorted({cut.document_id for cut in sealed})
         with self.writer.begin() as connection:
+            self.lexical.write(connection, postings)
             locked = {}
             for batch in batches(ids, 500):
                 query = _locking_columns().where(documents.c.id.in_(batch)).order_by(documents.c.id)

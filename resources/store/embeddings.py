@@ -116,7 +116,7 @@ class Embeddings:
         if not 0 <= part < parts:
             raise ValueError(f"part must be in [0, {parts}), got {part}")
         cutoff = (now or utc_now()) - grace
-        low, high = _hash_range(part, parts)
+        low, high = hash_range(part, parts)
         deleted = 0
         for model_id in self.models():
             for orphans in self._orphan_batches(model_id, low, high, cutoff, batch_size):
@@ -133,7 +133,7 @@ class Embeddings:
     def delete_retired_models(self, keep: set[str], part: int = 0, parts: int = 1, batch_size: int = GC_BATCH) -> int:
         """Delete the vectors, in hash range part/parts, of every model not in keep (the serving and
         the configured model): once search has moved on from a model, nothing reads them again."""
-        low, high = _hash_range(part, parts)
+        low, high = hash_range(part, parts)
         deleted = 0
         for model_id in [model for model in self.models() if model not in keep]:
             in_range = [embeddings.c.model_id == model_id]
@@ -194,7 +194,7 @@ def _orphaned(cutoff: datetime) -> ColumnElement[bool]:
     return and_(embeddings.c.created_at < cutoff, ~live, ~staged)
 
 
-def _hash_range(part: int, parts: int) -> tuple[str | None, str | None]:
+def hash_range(part: int, parts: int) -> tuple[str | None, str | None]:
     """[low, high) of the part's hashes; None leaves that end open, so odd hashes are swept too."""
 
     def bound(index: int) -> str | None:

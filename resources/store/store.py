@@ -8,6 +8,7 @@ through their public methods:
 - store.texts (texts.py): text sealed by the key vault, and the text the chunks and embeddings steps read;
 - store.documents (documents.py): the documents step's reads and writes, and document counts;
 - store.chunks (chunks.py): live and staged chunks, and publishing a stage;
+- store.lexical (lexical.py): the lexical index's postings, written with the chunks, and BM25 over them;
 - store.embeddings (embeddings.py): the vectors, and the sweeps of those no chunk needs;
 - store.index_delta (index_delta.py): what changed in a shard since its index was built;
 - store.serving (serving_model.py): which model's vectors search answers from;
@@ -33,6 +34,7 @@ from grace.resources.store.embeddings import Embeddings
 from grace.resources.store.index_delta import IndexDelta
 from grace.resources.store.layout import ShardLayout
 from grace.resources.store.ledger import Ledger
+from grace.resources.store.lexical import LexicalIndex
 from grace.resources.store.serving_model import ServingModel
 from grace.resources.store.taskbook import TaskBook
 from grace.resources.store.texts import SealedText, seal_plaintext_once
@@ -64,7 +66,8 @@ class Store:
         self.ledger = Ledger(engine, writer, self.layout)
         self.texts = SealedText(engine, writer, self.layout, self.vault, self.keys_missing)
         self.documents = Documents(engine, writer, self.layout, self.texts)
-        self.chunks = Chunks(engine, writer, self.layout, self.texts)
+        self.lexical = LexicalIndex(engine, writer, self.layout, self.texts)
+        self.chunks = Chunks(engine, writer, self.layout, self.texts, self.lexical)
         self.embeddings = Embeddings(engine, writer)
         self.index_delta = IndexDelta(engine, writer, self.layout)
         self.serving = ServingModel(engine, writer)

@@ -159,7 +159,8 @@ def _temporary_file(folder: int, scratch_dir: Path, data: bytes) -> tuple[str, i
 def search(payload: SearchPayload, context: TaskContext) -> dict:
     """The query's nearest chunks, as `grace search --json` prints them."""
     services = context.services
-    hits = Searcher(services["store"], services["vector_index"], services["embedder"]).search(payload.query, payload.k)
+    searcher = Searcher(services["store"], services["vector_index"], services["embedder"], context.manifest.search.mode)
+    hits = searcher.search(payload.query, payload.k, payload.mode)
     return {"query": payload.query, "hits": [hit_dict(hit) for hit in hits]}
 
 

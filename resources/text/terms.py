@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 # A word: letters and digits, joined by the punctuation identifiers and codes are made of.
 _WORD = re.compile(r"(?:--?)?[^\W_]+(?:[._\-/:@+#]+[^\W_]+)*|[^\W_]+", re.UNICODE)
@@ -23,6 +24,13 @@ _JOINERS = re.compile(r"[._\-/:@+#]+")
 _CASE_PARTS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+", re.UNICODE)
 MAX_TERM_CHARS = 64  # a longer "word" (a hash, base64) is indexed by its first 64 characters
 MAX_PARTS = 16  # of one word: a 5 MB run of joined parts must not become a million terms
+# Lucene's English stop words. They are in nearly every chunk, so their postings are the largest and
+# rank nothing; worse, fused with dense ranks, a match on `the` alone would outvote a paraphrase.
+# A quoted phrase still needs them, in order: its words are checked in the chunk's text.
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there "
+    "these they this to was will with".split()
+)
 
 
 def fold(text: str) -> str:
@@ -59,8 +67,8 @@ def terms_of_word(word: str) -> list[str]:
 
 
 def terms(text: str) -> list[str]:
-    """Every term of text, with repeats (their count is the term's frequency in the text)."""
-    return [term for word in words(text) for term in terms_of_word(word)]
+    """Every term of text but STOP_WORDS, with repeats (their count is the term's frequency in the text)."""
+    return [term for word in words(text) for term in terms_of_word(word) if term not in STOP_WORDS]
 
 
 def phrase_words(phrase: str) -> list[str]:
@@ -76,3 +84,26 @@ def holds_phrase(text: str, phrase: list[str]) -> bool:
     width = len(phrase)
     first = phrase[0]
     return any(sequence[start : start + width] == phrase for start, word in enumerate(sequence) if word == first)
+
+
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+@dataclass(frozen=True)
+class LexicalQuery:
+    """A query as lexical search reads it: every term ranks (BM25), and each quoted phrase must appear.
+
+    required: for each phrase, the whole-word terms a chunk needs before its text is checked.
+    """
+
+    terms: tuple[str, ...]
+    phrases: tuple[tuple[str, ...], ...]
+    required: frozenset[str]
+
+
+def parse_query(query: str) -> LexicalQuery:
+    """`"exact phrase" other words`: a phrase is its quoted words in order; an unclosed quote is a word."""
+    phrases = tuple(tuple(found) for found in (phrase_words(match) for match in _QUOTED.findall(query)) if found)
+    wholes = (terms_of_word(word)[0] for quoted in _QUOTED.findall(query) for word in words(quoted))
+    required = frozenset(term for term in wholes if term not in STOP_WORDS)
+    return LexicalQuery(tuple(dict.fromkeys(terms(query))), phrases, required)

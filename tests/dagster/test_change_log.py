@@ -1,8 +1,9 @@
 """Search reads only what changed since each shard's build; it must equal a pass over the shard.
 
 Random edits, deletions, renames, restores, quarantines, partial ingests and rebuilds, checked
-after every step against the whole-shard computation and an exact search, on SQLite and
-PostgreSQL; and the same equality on the real model, with both backends.
+after every step against the whole-shard computation, an exact search, and lexical search
+recomputed from every live chunk's text, on SQLite and PostgreSQL; and the same equality on
+the real model, with both backends.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dagster import AssetSelection, materialize
 
 from grace.resources.index.search import Searcher
 from grace.resources.index.shard_state import shard_views
+from grace.resources.store import lexical
 from grace.resources.wiring.dagster_resources import EmbedderResource
 from tests.helpers.fakes import HashingEmbedderResource
 from tests.helpers.harness import Deployment
+from tests.helpers.lexical import brute_force_lexical, rounded
 
 WORDS = [f"w{n}" for n in range(400)]
 
@@ -48,6 +51,19 @@ def assert_search_is_exact(deployment: Deployment, queries: list[str], k: int = 
         }, query
 
 
+def assert_lexical_is_exact(deployment: Deployment, queries: list[str]) -> int:
+    """Lexical search returns exactly what BM25 over every live chunk's text does; how many hits in all."""
+    searcher = Searcher(deployment.store, deployment.index, deployment.embedder, "lexical")
+    found = 0
+    for query in queries:
+        expected = brute_force_lexical(deployment.store, query)
+        hits = searcher.search(query, k=1000)
+        assert rounded([(hit.chunk_id, hit.score) for hit in hits]) == rounded(expected), query
+        assert all(hit.lexical_rank == rank and hit.dense_rank is None for rank, hit in enumerate(hits, 1))
+        found += len(hits)
+    return found
+
+
 def assert_views_match_a_full_pass(deployment: Deployment) -> tuple[int, int]:
     """Every shard's pending and tombstoned ids from the change log equal a pass over the shard."""
     store, index, model_id = deployment.store, deployment.index, deployment.embedder.model_id
@@ -66,8 +82,10 @@ def text_of(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
 
 
-def test_random_changes_keep_the_change_log_equal_to_a_pass_over_each_shard(tmp_path, store_url):
+def test_random_changes_keep_the_change_log_equal_to_a_pass_over_each_shard(tmp_path, store_url, monkeypatch):
+    monkeypatch.setattr(lexical, "CORPUS_STATS_SECONDS", 0.0)  # BM25's corpus figures, read afresh every query
     deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=3)
+    lexical_hits = 0
     rng = random.Random(20261127)
     on_disk: dict[str, str] = {}
     removed: dict[str, str] = {}  # deleted from disk, may come back before or after its purge
@@ -108,7 +126,10 @@ def test_random_changes_keep_the_change_log_equal_to_a_pass_over_each_shard(tmp_
         pending, tombstoned = assert_views_match_a_full_pass(deployment)
         seen_pending, seen_tombstoned = seen_pending + pending, seen_tombstoned + tombstoned
         assert_search_is_exact(deployment, [text_of(rng) for _ in range(3)])
+        phrase = " ".join(rng.choice(WORDS) for _ in range(2))
+        lexical_hits += assert_lexical_is_exact(deployment, [text_of(rng), f'"{phrase}"', rng.choice(WORDS)])
     assert seen_pending > 0 and seen_tombstoned > 0, "the walk never left a shard stale: it proves nothing"
+    assert lexical_hits > 100, "lexical search found almost nothing: the comparison proves little"
     deployment.sync()
     assert assert_views_match_a_full_pass(deployment) == (0, 0)
 

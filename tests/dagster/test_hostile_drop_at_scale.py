@@ -258,4 +258,4 @@ def test_two_hundred_files_one_percent_broken_on_the_real_model(tmp_path, store_
         "chess.txt": "a board game strategy with pieces",
     }
     for path, query in queries.items():
-        assert [hit.path for hit in deployment.search(query, k=1)] == [path], query
+        assert [hit.path for hit in deployment.search(query, k=1, mode="dense")] == [path], query

@@ -29,7 +29,7 @@ from grace.resources.index.search import Searcher
 from tests.helpers.fakes import HashingEmbedder
 
 resources = build_resources(load_manifest(sys.argv[1]))
-searcher = Searcher(resources["store"].get(), resources["vector_index"].get(), HashingEmbedder())
+searcher = Searcher(resources["store"].get(), resources["vector_index"].get(), HashingEmbedder(), "dense")
 k, queries = int(sys.argv[2]), sys.argv[3:]
 print(json.dumps([[[hit.chunk_id, hit.score] for hit in searcher.search(query, k)] for query in queries]))
 """

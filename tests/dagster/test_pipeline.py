@@ -107,7 +107,7 @@ def test_search_ranking_equals_exact_cosine(deployment):
     exact = vectors @ model.encode([query])[0]
     assert np.min(-np.diff(np.sort(exact)[::-1][:11])) > 1e-6, "ties would make the ranking ambiguous"
     expected = [int(ids[i]) for i in np.argsort(-exact, kind="stable")[:10]]
-    hits = deployment.search(query, k=10)
+    hits = deployment.search(query, k=10, mode="dense")
     assert [hit.chunk_id for hit in hits] == expected
     assert np.allclose([hit.score for hit in hits], np.sort(exact)[::-1][:10], atol=1e-5)
 

@@ -101,7 +101,7 @@ def test_every_searchable_real_document_is_found_by_a_passage_of_it_with_its_pla
     for name in names:
         pieces = chunker.split_document(read_document(realdoc(name).parent, realdoc(name).name, 20 << 20).document)
         passage = pieces[len(pieces) // 2]
-        hits = deployment.search(passage.text, k=10)
+        hits = deployment.search(passage.text, k=10, mode="dense")
         same_text = [hit for hit in hits if hit.text == passage.text]
         place = (name, HEADING_SEPARATOR.join(passage.heading), passage.first_page, passage.last_page)
         assert same_text and hits[0].text == passage.text, name

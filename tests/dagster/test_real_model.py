@@ -49,7 +49,7 @@ def deployment(tmp_path, store_url, real_embedder):
 
 def test_paraphrased_queries_find_the_right_document_first(deployment):
     for query, expected in PARAPHRASES.items():
-        hits = deployment.search(query, k=3)
+        hits = deployment.search(query, k=3, mode="dense")
         assert hits[0].path == expected, (query, [(h.path, round(h.score, 3)) for h in hits])
 
 
@@ -60,7 +60,7 @@ def test_real_model_ranking_equals_exact_cosine(deployment):
     ids, vectors = store.embeddings.vectors_of(ids, model.model_id)
     query = "weather at sea"
     exact = vectors @ model.encode([query])[0]
-    hits = deployment.search(query, k=len(ids))
+    hits = deployment.search(query, k=len(ids), mode="dense")
     assert [hit.chunk_id for hit in hits] == [int(ids[i]) for i in np.argsort(-exact)]
     assert np.allclose([hit.score for hit in hits], np.sort(exact)[::-1], atol=1e-4)
 
@@ -132,11 +132,16 @@ def test_incremental_sync_on_the_real_model(deployment):
     (inbox / "copy-of-medicine.txt").write_text(CORPUS["medicine.txt"])
     deployment.sync(rebuild=False)
     assert deployment.last_embedded == 1, "only the edited text is new to the model"
-    assert deployment.search("making a cake dessert", k=1)[0].path == "baking.md"
-    assert "bread" not in " ".join(hit.text for hit in deployment.search("how do I make bread at home", k=6))
-    assert deployment.search("steering a boat into the wind", k=1)[0].path == "boats/sailing.md"
-    assert all(hit.path != "football.txt" for hit in deployment.search("a soccer goal decided the championship", k=6))
-    doctor = {hit.path for hit in deployment.search("doctor changed the heart medication", k=2)}
+    assert deployment.search("making a cake dessert", k=1, mode="dense")[0].path == "baking.md"
+    assert "bread" not in " ".join(
+        hit.text for hit in deployment.search("how do I make bread at home", k=6, mode="dense")
+    )
+    assert deployment.search("steering a boat into the wind", k=1, mode="dense")[0].path == "boats/sailing.md"
+    assert all(
+        hit.path != "football.txt"
+        for hit in deployment.search("a soccer goal decided the championship", k=6, mode="dense")
+    )
+    doctor = {hit.path for hit in deployment.search("doctor changed the heart medication", k=2, mode="dense")}
     assert doctor == {"medicine.txt", "copy-of-medicine.txt"}
     for shard in range(2):
         deployment.rebuild(shard)
@@ -157,12 +162,12 @@ def test_quarantine_never_blocks_search_and_a_fixed_file_leaves_it(deployment):
     deployment.sync()
     reasons = {path: reason for _source, path, reason in deployment.store.documents.quarantined()}
     assert set(reasons) == {"binary.txt", "cafe.txt"} and "not UTF-8" in reasons["cafe.txt"]
-    assert not {hit.path for hit in deployment.search("croissants and coffee", k=10)} & set(reasons)
-    assert deployment.search("how do I make bread at home", k=1)[0].path == "baking.md"
+    assert not {hit.path for hit in deployment.search("croissants and coffee", k=10, mode="dense")} & set(reasons)
+    assert deployment.search("how do I make bread at home", k=1, mode="dense")[0].path == "baking.md"
     deployment.drop("cafe.txt", "The cafe by the harbour serves warm croissants and strong coffee every morning.")
     deployment.sync()
     assert [path for _source, path, _reason in deployment.store.documents.quarantined()] == ["binary.txt"]
-    assert deployment.search("breakfast pastries near the port", k=1)[0].path == "cafe.txt"
+    assert deployment.search("breakfast pastries near the port", k=1, mode="dense")[0].path == "cafe.txt"
 
 
 def test_stats_follow_an_edit_and_the_rebuild_on_the_real_model(deployment):
@@ -173,19 +178,23 @@ def test_stats_follow_an_edit_and_the_rebuild_on_the_real_model(deployment):
     total = deployment.stats()["total"]
     assert (total["total_embeddings"], total["pending"], total["tombstoned"]) == (len(CORPUS), 1, 1)
     assert total["index_coverage"] == (len(CORPUS) - 1) / len(CORPUS)
-    assert deployment.search("ice breaking off into the sea", k=1)[0].path == "sailing.md"  # pending, scanned exactly
+    assert (
+        deployment.search("ice breaking off into the sea", k=1, mode="dense")[0].path == "sailing.md"
+    )  # pending, scanned exactly
     for shard in range(2):
         assert deployment.rebuild(shard).success
     total = deployment.stats()["total"]
     assert (total["pending"], total["tombstoned"], total["index_coverage"]) == (0, 0, 1.0)
-    assert deployment.search("ice breaking off into the sea", k=1)[0].path == "sailing.md"  # now from the index
+    assert (
+        deployment.search("ice breaking off into the sea", k=1, mode="dense")[0].path == "sailing.md"
+    )  # now from the index
 
 
 def test_a_deleted_index_is_scanned_exactly_then_rebuilt(deployment):
     shard = next(s for s in range(2) if deployment.index.current(s) and deployment.index.current(s).items)
     (deployment.index.shard_dir(shard) / deployment.index.current(shard).index_file).unlink()
     for query, expected in PARAPHRASES.items():
-        assert deployment.search(query, k=1)[0].path == expected, query
+        assert deployment.search(query, k=1, mode="dense")[0].path == expected, query
     assert deployment.stats()["shards"][shard]["index_problem"]
     with build_sensor_context(instance=deployment.instance, resources=deployment.resources) as context:
         requested = deployment.defs.resolve_sensor_def("index_freshness")(context).run_requests
@@ -193,4 +202,4 @@ def test_a_deleted_index_is_scanned_exactly_then_rebuilt(deployment):
     assert deployment.rebuild(shard).success
     assert deployment.check().passed and deployment.stats()["total"]["index_coverage"] == 1.0
     for query, expected in PARAPHRASES.items():
-        assert deployment.search(query, k=1)[0].path == expected, query
+        assert deployment.search(query, k=1, mode="dense")[0].path == expected, query

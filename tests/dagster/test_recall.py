@@ -150,7 +150,7 @@ def test_recall_at_10_on_the_real_model_with_pending_and_tombstoned_vectors(depl
         + [paraphrase(text, rng) for text in rng.choice(pending_texts, size=30, replace=False)]
         + [paraphrase(text, rng) for text in rng.choice(gone_texts, size=20, replace=False)]  # near tombstones
     )
-    searcher = Searcher(deployment.store, deployment.index, deployment.embedder)
+    searcher = Searcher(deployment.store, deployment.index, deployment.embedder, "dense")
     search_started = time.perf_counter()
     recalls, pending_expected, returned_tombstones, pending_missed = [], 0, [], []
     for query in queries:

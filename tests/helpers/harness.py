@@ -41,6 +41,7 @@ def manifest_text(
     max_tokens: int = 256,
     patterns: str = "['**/*.txt', '**/*.md']",
     max_pages: int | None = None,
+    search_mode: str = "hybrid",
 ) -> str:
     """A test manifest; events=False makes every tick a full scan, so no test waits for watchdog."""
     store_line = f"store: {store_url}\n" if store_url else ""
@@ -58,6 +59,7 @@ def manifest_text(
         f"watch:\n  events: {str(events).lower()}\n"
         f"embedding:\n  backend: {embedding_backend}\n"
         + (f"chunking:\n  max_tokens: {max_tokens}\n  overlap_tokens: 8\n" if max_tokens != 256 else "")
+        + (f"search:\n  mode: {search_mode}\n" if search_mode != "hybrid" else "")
     )
 
 
@@ -87,6 +89,9 @@ class PlainText:
 
     def decrypt(self, value: str, aad: str) -> str:
         return value
+
+    def term_key(self) -> bytes:
+        return bytes(32)
 
 
 class PlaintextStoreResource(StoreResource):
@@ -217,16 +222,25 @@ class Deployment:
             for i in loaded.chunk_ids
             if int(i) in hits
         )
+        shards = self.manifest.index.shards
+        # Term hashes differ between stores (each has its own term key): compare postings with their text instead.
+        checked = [store.lexical.disagreements(shard, shards, limit=len(hits) + 1) for shard in range(shards)]
         return {
             "chunks": chunks,
             "vectors": matrix,
             "indexed": indexed,
             "quarantined": store.documents.quarantined(),
             "stats": totals,
+            "lexical": {
+                "without_postings": store.lexical.missing(),
+                "postings_checked": sum(compared for compared, _wrong in checked),
+                "postings_wrong": sum(len(wrong) for _compared, wrong in checked),
+            },
         }
 
-    def search(self, query: str, k: int = 5):
-        return Searcher(self.store, self.index, self.embedder).search(query, k)
+    def search(self, query: str, k: int = 5, mode: str | None = None):
+        """Search as grace.yaml's search.mode (hybrid by default) says, or in mode."""
+        return Searcher(self.store, self.index, self.embedder, self.manifest.search.mode).search(query, k, mode)
 
     def stats(self) -> dict:
         return index_stats(self.store, self.index, self.embedder.model_id)

@@ -53,11 +53,13 @@ def replace_chunks(
 ) -> int:
     """Make a document's chunks exactly new_chunks now, dropping any staged ones, as publishing a stage
     does; return how many chunk rows were inserted (0 if the document is gone)."""
+    postings = store.lexical.postings((chunk.chunk_hash, chunk.text) for chunk in new_chunks)
     sealed = store.texts.seal_chunks(document_id, new_chunks)
     with store.writer.begin() as connection:
         document = lock_document(connection, document_id)
         if document is None:
             return 0
+        store.lexical.write(connection, postings)
         connection.execute(delete(staged_chunks).where(staged_chunks.c.document_id == document_id))
         return replace_live_chunks(connection, document, text_hash, sealed, settings_key)
 

@@ -50,6 +50,21 @@ def test_search_prints_ranked_hits(deployment, capsys):
     assert hits[0]["score"] > hits[1]["score"]
 
 
+def test_search_takes_a_mode_and_refuses_an_unknown_one(deployment, capsys):
+    config = str(deployment.root / "grace.yaml")
+    code, out, _ = run(capsys, "search", "22:40", "--mode", "lexical", "--json", "-c", config)
+    [hit] = json.loads(out)
+    assert code == 0 and hit["path"] == "trains.md" and hit["found_by"] == "lexical" and hit["dense_rank"] is None
+    code, out, _ = run(capsys, "search", "zeppelin", "--mode", "lexical", "-c", config)
+    assert code == 0 and out.startswith("no results (lexical search)")
+    code, out, _ = run(capsys, "search", "enormous sea mammals", "-k", "1", "-c", config)
+    assert code == 0 and "docs/whales.txt #0  [" in out, "the text output names which side found each hit"
+    with pytest.raises(SystemExit) as refused:
+        main(["search", "whales", "--mode", "semantic", "-c", config])
+    assert refused.value.code == 2
+    assert "argument --mode: invalid choice: 'semantic'" in capsys.readouterr().err
+
+
 def test_stats_reports_every_figure_per_shard_and_total(deployment, capsys):
     code, out, _ = run(capsys, "stats", "--json", "-c", str(deployment.root / "grace.yaml"))
     stats = json.loads(out)

@@ -113,6 +113,21 @@ def test_ingest_writes_a_file_that_the_pipeline_ingests_and_search_finds(api):
     )
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+def test_a_search_names_its_mode_and_each_hit_its_ranks(api, mode):
+    api.deployment.drop("codes/e4711.txt", "The pump stops with error E4711 when its filter is blocked.")
+    api.deployment.sync()
+    found = post(api, "/api/vectors/search", {"query": "what does E4711 mean", "top_k": 3, "mode": mode})
+    assert found.status == 200 and found.json["mode"] == mode
+    [first, *_rest] = found.json["results"]
+    assert first["path"] == "codes/e4711.txt"
+    assert first["found_by"] in ({"dense", "both"} if mode != "lexical" else {"lexical"})
+    assert (first["dense_rank"] is not None) == (mode != "lexical")
+    assert (first["lexical_rank"] is not None) == (mode != "dense")
+    unset = post(api, "/api/vectors/search", {"query": "what does E4711 mean", "top_k": 3})
+    assert unset.json["mode"] == "hybrid", "grace.yaml's default"
+
+
 def test_concurrent_searches_answer_as_sequential_ones(api):
     """Searches run on the server's thread pool at once; each must match the same search made alone."""
     for number in range(12):
@@ -189,6 +204,8 @@ def test_a_lone_surrogate_in_content_is_refused(api):
         ({"top_k": 3}, "query", ["is required"]),
         ({"query": "  "}, "query", ["whitespace"]),
         ({"query": "whales", "topk": 3}, "topk", ["not a field"]),
+        ({"query": "whales", "mode": "semantic"}, "mode", ["hybrid", "dense", "lexical"]),
+        ({"query": "whales", "mode": 1}, "mode", ["hybrid"]),
     ],
 )
 def test_bad_search_requests_get_422_naming_the_field(api, body, field, words):

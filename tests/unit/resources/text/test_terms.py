@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from grace.resources.text.terms import MAX_PARTS, MAX_TERM_CHARS, holds_phrase, phrase_words, terms, terms_of_word
+from grace.resources.text.terms import (
+    MAX_PARTS,
+    MAX_TERM_CHARS,
+    holds_phrase,
+    parse_query,
+    phrase_words,
+    terms,
+    terms_of_word,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +65,19 @@ def test_a_phrase_matches_its_words_in_order_and_adjacent_only():
     assert not holds_phrase(text, phrase_words("start quick"))
     assert not holds_phrase(text, phrase_words("install guide"))
     assert not holds_phrase(text, phrase_words("  "))
+
+
+def test_stop_words_are_not_terms_but_a_phrase_still_needs_them_in_its_text():
+    assert terms("The cat is on the mat") == ["cat", "mat"]
+    query = parse_query('"on the mat" cat')
+    assert query.terms == ("mat", "cat") and query.required == frozenset({"mat"})
+    assert query.phrases == (("on", "the", "mat"),)
+    assert holds_phrase("The cat sat on the mat.", list(query.phrases[0]))
+    assert not holds_phrase("The mat is on the cat.", list(query.phrases[0]))
+
+
+def test_a_query_parses_into_terms_phrases_and_required_words():
+    query = parse_query('fix "dry run" --dry-run "" "unclosed')
+    assert query.phrases == (("dry", "run"),) and query.required == frozenset({"dry", "run"})
+    assert query.terms[:3] == ("fix", "dry", "run") and "--dry-run" in query.terms and "unclosed" in query.terms
+    assert parse_query("!!! ...").terms == ()

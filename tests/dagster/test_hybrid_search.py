@@ -1,0 +1,142 @@
+"""Hybrid search through the real pipeline: ranks from both sides fused, phrases kept exactly, modes
+from grace.yaml and per query, and the lexical index checked and repaired by the index's own runs,
+on SQLite and PostgreSQL; and on the real model, an identifier dense search misses."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import update
+
+from grace import api
+from grace.core.manifest import ManifestError, parse_manifest
+from grace.resources.db.lexical_tables import lexical_chunks, lexical_terms
+from grace.resources.index.fusion import RRF_K
+from grace.resources.wiring.dagster_resources import EmbedderResource
+from tests.helpers.fakes import HashingEmbedderResource
+from tests.helpers.harness import Deployment
+
+NOTES = {
+    "pump.txt": "The pump stops with error E4711 when its filter is blocked; clean the filter.",
+    "deploy.md": "Run the deploy script with --dry-run first, then run it for real.",
+    "release.md": "A dry run of the release found nothing; the run itself went well.",
+    "weather.txt": "Rain is likely tomorrow, with wind from the west and a dry evening.",
+    "config.md": "read_config_file loads grace.yaml and checks every section of it.",
+}
+
+
+@pytest.fixture
+def deployment(tmp_path, store_url) -> Deployment:
+    deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=2)
+    for name, text in NOTES.items():
+        deployment.drop(name, text)
+    deployment.sync()
+    return deployment
+
+
+def test_each_hybrid_hit_carries_both_ranks_and_the_fused_score(deployment):
+    query = "dry run of the deploy"
+    dense = [hit.chunk_id for hit in deployment.search(query, k=50, mode="dense")]
+    lexical = [hit.chunk_id for hit in deployment.search(query, k=50, mode="lexical")]
+    hybrid = deployment.search(query, k=5)
+    assert {hit.chunk_id for hit in hybrid} == set(dense) | set(lexical)
+    for hit in hybrid:
+        assert hit.dense_rank == (dense.index(hit.chunk_id) + 1 if hit.chunk_id in dense else None)
+        assert hit.lexical_rank == (lexical.index(hit.chunk_id) + 1 if hit.chunk_id in lexical else None)
+        expected = sum(1 / (RRF_K + rank) for rank in (hit.dense_rank, hit.lexical_rank) if rank is not None)
+        assert hit.score == pytest.approx(expected)
+        assert (
+            hit.found_by
+            == {(True, True): "both", (True, False): "dense", (False, True): "lexical"}[
+                (hit.dense_rank is not None, hit.lexical_rank is not None)
+            ]
+        )
+    assert [hit.score for hit in hybrid] == sorted((hit.score for hit in hybrid), reverse=True)
+    assert "weather.txt" not in [hit.path for hit in deployment.search(query, k=5, mode="lexical")][:1]
+
+
+def test_a_quoted_phrase_returns_only_chunks_that_hold_it(deployment):
+    for mode in ("hybrid", "lexical"):
+        assert [hit.path for hit in deployment.search('"dry run"', k=5, mode=mode)] == ["release.md"], mode
+    assert [hit.path for hit in deployment.search('"run dry"', k=5, mode="lexical")] == []
+    assert len(deployment.search('"run dry"', k=5, mode="dense")) == 5, "dense search ignores quotes"
+
+
+@pytest.mark.parametrize(
+    "query, path", [("E4711", "pump.txt"), ("--dry-run", "deploy.md"), ("read_config_file", "config.md")]
+)
+def test_identifiers_come_first_in_lexical_and_hybrid_search(deployment, query, path):
+    assert deployment.search(query, k=1, mode="lexical")[0].path == path
+    assert deployment.search(query, k=1)[0].path == path
+
+
+def test_search_mode_comes_from_grace_yaml_and_an_unknown_one_is_refused(tmp_path, deployment):
+    (tmp_path / "lexical").mkdir()
+    lexical_only = Deployment(tmp_path / "lexical", None, HashingEmbedderResource(), shards=1, search_mode="lexical")
+    lexical_only.drop("pump.txt", NOTES["pump.txt"])
+    lexical_only.sync()
+    [hit] = lexical_only.search("filter blocked", k=5)
+    assert hit.found_by == "lexical" and hit.dense_rank is None
+    with pytest.raises(ValueError, match="unknown search mode 'semantic': use one of hybrid, dense, lexical"):
+        deployment.search("pump", mode="semantic")
+    with pytest.raises(ManifestError) as refused:
+        parse_manifest("search: {mode: semantic}\n", "grace.yaml", tmp_path)
+    assert "search.mode" in str(refused.value) and "'hybrid', 'dense' or 'lexical'" in str(refused.value)
+
+
+def test_the_python_api_takes_a_mode(deployment):
+    config = deployment.root / "grace.yaml"
+    [hit] = api.search("E4711", k=1, config=config, mode="lexical")
+    assert hit.path == "pump.txt" and hit.found_by == "lexical"
+    with pytest.raises(ValueError, match="unknown search mode"):
+        api.search("E4711", config=config, mode="bm25")
+
+
+def test_index_matches_store_fails_on_wrong_postings_and_a_rebuild_repairs_them(deployment):
+    assert deployment.check().passed
+    with deployment.store.writer.begin() as connection:
+        connection.execute(update(lexical_terms).values(frequency=lexical_terms.c.frequency + 1))
+    failed = deployment.check()
+    differing = re.findall(r"the lexical postings of (\d+) chunks differ from their text", failed.description)
+    assert not failed.passed and sum(map(int, differing)) == 5, failed.description
+    for shard in range(2):
+        assert deployment.rebuild(shard).success
+    assert deployment.check().passed
+    assert deployment.search("E4711", k=1, mode="lexical")[0].path == "pump.txt"
+
+
+def test_chunks_cut_before_the_lexical_index_are_indexed_by_the_next_rebuild(deployment):
+    with deployment.store.writer.begin() as connection:  # as a store migrated from release 0.6 holds them
+        connection.execute(lexical_terms.delete())
+        connection.execute(lexical_chunks.delete())
+    assert deployment.search("E4711", k=1, mode="lexical") == []
+    stale = deployment.check()
+    without = re.findall(r"(\d+) chunks without postings", stale.description)
+    assert stale.passed and sum(map(int, without)) == 5, stale.description
+    for shard in range(2):
+        result = deployment.rebuild(shard)
+        assert result.success
+    assert deployment.store.lexical.missing() == 0
+    assert deployment.search("E4711", k=1, mode="lexical")[0].path == "pump.txt"
+
+
+def test_hybrid_finds_an_identifier_the_real_model_misses_and_keeps_paraphrases(tmp_path, onnx_model_cache):
+    embedder = EmbedderResource(backend="onnx-int8", cache_root=str(onnx_model_cache))
+    deployment = Deployment(tmp_path, None, embedder, shards=2, embedding_backend="onnx-int8")
+    notes = {
+        "whales.txt": "Blue whales are the largest animals ever known to have lived.",
+        "trains.md": "The night train to Vienna leaves from platform nine at 22:40.",
+        "pump.txt": "Fault XQ-5521 on the pump: the filter is blocked. Clean it and restart.",
+        "garden.md": "Prune tomato plants in summer so that the fruit ripens in the sun.",
+        "errors.md": "Error codes are listed in the manual; each names the part that failed.",
+    }
+    for name, text in notes.items():
+        deployment.drop(name, text)
+    deployment.sync()
+    dense = [hit.path for hit in deployment.search("XQ-5521", k=5, mode="dense")]
+    hybrid = deployment.search("XQ-5521", k=5)
+    assert hybrid[0].path == "pump.txt" and hybrid[0].lexical_rank == 1, (dense, [hit.path for hit in hybrid])
+    for query, path in [("enormous sea mammals", "whales.txt"), ("when does the railway leave", "trains.md")]:
+        assert deployment.search(query, k=1, mode="dense")[0].path == path
+        assert deployment.search(query, k=1)[0].path == path, query
