@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from grace.resources.embedding.onnx_model import model_cache_root  # noqa: E402
 from grace.resources.index.search import Searcher  # noqa: E402
 from grace.resources.text.terms import terms  # noqa: E402
 from grace.resources.wiring.dagster_resources import EmbedderResource  # noqa: E402
@@ -119,7 +120,8 @@ def main() -> None:
     print(f"{len(items)} manual pages from {MAN_PAGES}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        embedder = EmbedderResource(backend=args.backend)
+        # The built int8 model is kept where `make dev` keeps it, so a second run does not build it again.
+        embedder = EmbedderResource(backend=args.backend, cache_root=str(model_cache_root(Path(".grace").resolve())))
         deployment = Deployment(root, None, embedder, shards=2, max_bytes="1MB", embedding_backend=args.backend)
         for name, _query, body in items:
             deployment.drop(name, body)
