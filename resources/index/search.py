@@ -37,6 +37,9 @@ class SearchHit:
     dense_rank: int | None = None  # 1-based rank among the vectors' candidates; None: not found by them
     lexical_rank: int | None = None  # among the lexical index's; None: not found by it
     found_by: str = "dense"  # "dense", "lexical" or "both"
+    # The query's cosine similarity to the chunk, whichever side found it (None in lexical mode, where
+    # no query is encoded): the seed's "similarity score", which a fused score is not.
+    similarity: float | None = None
 
 
 class Searcher:
@@ -70,7 +73,7 @@ class Searcher:
             lexical = self._lexical_ranked(lexical_query, k if mode == "lexical" else max(k, FUSION_DEPTH))
             if mode == "lexical":
                 return self._hits(
-                    [Ranked(chunk_id, score, None, rank) for rank, (chunk_id, score) in enumerate(lexical, 1)]
+                    [Ranked(chunk_id, score, None, rank) for rank, (chunk_id, score) in enumerate(lexical, 1)], {}
                 )
         serving = self.serving_embedder()
         with self._encode_lock:
@@ -80,8 +83,13 @@ class Searcher:
         if not lexical_query.phrases:
             lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH))
         dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id)
-        fused = fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))
-        return self._hits(fused[:k])
+        fused = fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))[:k]
+        similarity = dict(dense)
+        found_lexically = [entry.chunk_id for entry in fused if entry.chunk_id not in similarity]
+        if found_lexically:
+            ids, vectors = self.store.embeddings.vectors_of(found_lexically, serving.model_id)
+            similarity.update(zip(ids.tolist(), (vectors @ vector.astype(np.float32)).tolist()))
+        return self._hits(fused, similarity)
 
     def serving_embedder(self) -> Embedder:
         """The embedder of the model search answers from (see serving_model.py): the configured one,
@@ -103,7 +111,8 @@ class Searcher:
     def search_vector(self, vector: np.ndarray, k: int, model_id: str | None = None) -> list[SearchHit]:
         """The k chunks nearest to an encoded query, from model_id's vectors (by default the serving model's)."""
         dense = self._dense_ranked(vector, k, model_id)
-        return self._hits([Ranked(chunk_id, score, rank, None) for rank, (chunk_id, score) in enumerate(dense, 1)])
+        ranked = [Ranked(chunk_id, score, rank, None) for rank, (chunk_id, score) in enumerate(dense, 1)]
+        return self._hits(ranked, dict(dense))
 
     def _dense_ranked(self, vector: np.ndarray, k: int, model_id: str | None) -> list[tuple[int, float]]:
         model_id = model_id or self.store.serving.model(self.embedder.model_id)
@@ -133,7 +142,7 @@ class Searcher:
                 return kept[:k]
         return kept
 
-    def _hits(self, ranked: list[Ranked]) -> list[SearchHit]:
+    def _hits(self, ranked: list[Ranked], similarity: dict[int, float]) -> list[SearchHit]:
         hits = self.store.texts.chunk_hits([entry.chunk_id for entry in ranked])
         results = []
         for entry in ranked:
@@ -154,6 +163,7 @@ class Searcher:
                         entry.dense_rank,
                         entry.lexical_rank,
                         entry.found_by,
+                        similarity.get(entry.chunk_id),
                     )
                 )
         return results

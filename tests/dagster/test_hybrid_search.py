@@ -53,6 +53,9 @@ def test_each_hybrid_hit_carries_both_ranks_and_the_fused_score(deployment):
             ]
         )
     assert [hit.score for hit in hybrid] == sorted((hit.score for hit in hybrid), reverse=True)
+    cosine = {hit.chunk_id: hit.score for hit in deployment.search(query, k=50, mode="dense")}
+    assert [hit.similarity for hit in hybrid] == pytest.approx([cosine[hit.chunk_id] for hit in hybrid], abs=1e-5)
+    assert all(hit.similarity is None for hit in deployment.search(query, k=5, mode="lexical"))
     assert "weather.txt" not in [hit.path for hit in deployment.search(query, k=5, mode="lexical")][:1]
 
 

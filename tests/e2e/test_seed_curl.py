@@ -162,7 +162,7 @@ def test_the_seed_curl_sequences_hold(tmp_path, onnx_model_cache):
         seed_expects = {"total_vectors": 1, "indexed_embeddings": 1, "total_embeddings": 1, "index_coverage": 1.0}
         assert stats_after_the_wait(api_port, seed_expects)["backend"] == "annoy"
         found = curl(SEED_SEARCH, api_port)["results"]
-        assert found[0]["path"] == second["path"] and found[0]["score"] > 0.3, found
+        assert found[0]["path"] == second["path"] and found[0]["similarity"] > 0.3, found
 
         # The API child dies with grace dev, even when grace dev dies without a word to its children.
         server.signal_member(server.process.pid, signal.SIGKILL)

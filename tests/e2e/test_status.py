@@ -99,7 +99,8 @@ def test_status_under_a_live_grace_dev_and_after_it_stops(tmp_path, onnx_model_c
     sensors = {sensor["name"]: sensor for sensor in live["sensors"]["sensors"]}
     assert {"watch_documents", "index_freshness", "run_health", "route_tasks", "task_status"} <= set(sensors)
     assert sensors["watch_documents"]["state"] == "running"
-    assert sensors["watch_documents"]["last_tick_status"] in ("success", "skipped")
+    # "started": the daemon may be mid-tick as status reads it (CI caught one)
+    assert sensors["watch_documents"]["last_tick_status"] in ("success", "skipped", "started")
     assert live["store"]["total"]["total_embeddings"] == 1 and live["store"]["total"]["index_coverage"] == 1.0
     assert [row["shard"] for row in live["store"]["shards"]] == [0, 1]
     pending = live["store"]["pending"]
