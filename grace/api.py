@@ -18,6 +18,7 @@ from typing import Any
 
 from grace.core.index_config import SearchMode
 from grace.core.manifest import Manifest
+from grace.core.search_filter import SearchFilter
 from grace.resources.index.search import Searcher, SearchHit, index_stats
 from grace.resources.store.store import Store
 from grace.resources.tasks.project_handlers import accept_task, accept_task_json, load_routed_manifest
@@ -33,14 +34,19 @@ def searcher(config: str | Path | None = None) -> Searcher:
     return open_searcher(load_routed_manifest(config))
 
 
-def search(query: str, k: int = 5, config: str | Path | None = None, mode: SearchMode | None = None) -> list[SearchHit]:
+def search(
+    query: str, k: int = 5, config: str | Path | None = None, mode: SearchMode | None = None, **filters: Any
+) -> list[SearchHit]:
     """The k best chunks for the query across every shard, best first, ranked as mode says: hybrid (dense
-    and lexical ranks fused), dense or lexical; grace.yaml's search.mode by default. A ValueError names
-    an unknown mode.
+    and lexical ranks fused), dense or lexical; grace.yaml's search.mode by default.
+
+    filters are SearchFilter's fields (source, path, type, modified_after, modified_before, page,
+    heading): only chunks that pass every one are returned, k of them whenever k exist. A ValueError
+    names an unknown mode or a bad filter (pydantic's ValidationError, or UnknownSource).
 
     Lone surrogates (undecodable bytes from argv or a file name) become U+FFFD, with a UnicodeWarning.
     """
-    return searcher(config).search(query, k, mode)
+    return searcher(config).search(query, k, mode, SearchFilter(**filters) if filters else None)
 
 
 def stats(config: str | Path | None = None) -> dict:

@@ -14,11 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from grace.cli.drill import add_drill_command
 from grace.cli.keys import add_key_commands, ensure_key_file
 from grace.cli.model import add_model_commands, ensure_model
+from grace.cli.search import add_search_command
 from grace.cli.status import add_status_command
 from grace.cli.sync import add_sync_command
 from grace.cli.tasks import add_task_commands, positive_int, print_drift
-from grace.core.index_config import SEARCH_MODES
-from grace.core.manifest import DEFAULT_MANIFEST, Manifest, ManifestError
+from grace.core.manifest import DEFAULT_MANIFEST, ManifestError
 from grace.core.names import DEV_LOCK, WEBSERVER_ENV
 from grace.core.secrets import SecretError, parse_secret_ref
 from grace.http.serve import add_serve_commands, api_child_problem, client_url, start_api_child
@@ -78,18 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--api-port", type=_port, help="HTTP API port (default: api.port in grace.yaml)")
     dev.set_defaults(handler=_dev)
 
-    search = commands.add_parser("search", help="search everything ingested: by meaning, by terms, or both")
-    search.add_argument("query", help="what to look for, in your own words")
-    search.add_argument("-k", type=positive_int, default=5, help="number of results (default 5)")
-    search.add_argument(
-        "--mode",
-        choices=SEARCH_MODES,
-        help="hybrid (both, fused), dense (meaning) or lexical (terms); default: search.mode",
-    )
-    search.add_argument("--json", action="store_true", help="print JSON instead of text")
-    search.add_argument("--local", action="store_true", help="search in this process, not through `grace serve`")
-    _config_option(search)
-    search.set_defaults(handler=_search)
+    add_search_command(commands, _config_option)
 
     stats = commands.add_parser("stats", help="embeddings, index coverage and documents per shard")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -229,61 +218,6 @@ def _lock_state_dir(state_dir: Path) -> bool:
     # exec keeps the pid and every inheritable descriptor, so dagster dev goes on holding the lock.
     os.set_inheritable(descriptor, True)
     return True
-
-
-def _search(args: argparse.Namespace) -> int:
-    if not args.query.strip():
-        print("grace search: the query is empty; pass some words to search for", file=sys.stderr)
-        return 2
-    query = args.query
-    if any("\ud800" <= character <= "\udfff" for character in query):  # undecodable bytes from argv (PEP 383)
-        from grace.resources.index.search import repair_query
-
-        query, _replaced = repair_query(query)
-        print(
-            f"grace search: the query is not valid UTF-8; searching for {query!r}, each undecodable byte "
-            "replaced by U+FFFD (set a UTF-8 locale or fix the terminal's encoding)",
-            file=sys.stderr,
-        )
-    manifest = load_routed_manifest(args.config)
-    hits = None if args.local else _warm_search(manifest, query, args.k, args.mode)
-    if hits is None:
-        from grace.resources.index.search import hit_dict
-        from grace.resources.wiring.services import open_searcher
-
-        hits = [hit_dict(hit) for hit in open_searcher(manifest).search(query, args.k, args.mode)]
-    if args.json:
-        print(json.dumps(hits, indent=1))
-        return 0
-    if not hits:
-        print(f"no results ({args.mode or manifest.search.mode} search); `grace stats` shows what is ingested")
-    for rank, hit in enumerate(hits, 1):
-        snippet = " ".join(hit["text"].split())[:160]
-        found_by = f"  [{hit['found_by']}]" if "found_by" in hit else ""
-        print(f"{rank:>2}. {hit['score']:.3f}  {hit['source']}/{_place(hit)} #{hit['chunk']}{found_by}\n    {snippet}")
-    return 0
-
-
-def _place(hit: dict) -> str:
-    """Where a hit is: e.g. "guide.pdf p. 12 · Install > Linux"."""
-    place = hit["path"]
-    first, last = hit.get("first_page"), hit.get("last_page")
-    if first is not None:
-        place += f" p. {first}" if last in (None, first) else f" pp. {first}-{last}"
-    return f"{place} · {hit['heading']}" if hit.get("heading") else place
-
-
-def _warm_search(manifest: Manifest, query: str, k: int, mode: str | None) -> list[dict] | None:
-    """The hits from the `grace serve` of this state dir, which has the model loaded; None if none answers."""
-    from grace.http.client import ApiUnavailable, api_token, remote_search, running_server
-
-    url = running_server(manifest)
-    if url is None:
-        return None
-    try:
-        return remote_search(url, query, k, api_token(manifest), mode)
-    except (ApiUnavailable, SecretError):
-        return None
 
 
 def _stats(args: argparse.Namespace) -> int:

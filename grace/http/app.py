@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from grace.core.index_config import SearchMode
 from grace.core.manifest import Manifest
+from grace.core.search_filter import SearchFilter, UnknownSource
 from grace.core.secrets import SecretError, parse_secret_ref, resolve_secret
 from grace.core.task_model import TaskRejected
 from grace.http.ingest import ID_PATTERN, IngestTarget
@@ -54,6 +55,7 @@ class SearchRequest(_Body):
     query: str = Field(min_length=1, max_length=10_000)
     top_k: int = Field(default=5, ge=1, le=1000)
     mode: SearchMode | None = Field(default=None, description="hybrid, dense or lexical; default: search.mode")
+    filter: SearchFilter | None = Field(default=None, description="what hits may be: docs/search.md#filters")
 
     @field_validator("query")
     @classmethod
@@ -72,8 +74,15 @@ class Services:
         self.manifest, self.config, self.target = manifest, config, target
         self.searcher, self.dagster_home = searcher, dagster_home
 
-    def search(self, query: str, k: int, mode: SearchMode | None = None) -> list[SearchHit]:
-        return self.searcher.search(query, k, mode)
+    def search(
+        self, query: str, k: int, mode: SearchMode | None = None, only: SearchFilter | None = None
+    ) -> list[SearchHit]:
+        try:
+            if only is not None:
+                only.check_sources([source.name for source in self.manifest.sources])
+            return self.searcher.search(query, k, mode, only)
+        except UnknownSource as error:
+            raise ApiError(422, str(error), "filter.source") from None
 
     def warm_up(self) -> None:
         """Load the model and map every shard's index now, so that the first request is as fast as the rest."""
@@ -165,7 +174,7 @@ def _routes(services: Services) -> list[Route]:
 
     async def search(request: Request) -> JSONResponse:
         body = validated(SearchRequest, await read_json(request, max_body))
-        hits = await run_in_threadpool(services.search, body.query, body.top_k, body.mode)
+        hits = await run_in_threadpool(services.search, body.query, body.top_k, body.mode, body.filter)
         mode = body.mode or services.searcher.mode
         results = [hit_dict(hit) for hit in hits]
         return JSONResponse({"query": body.query, "top_k": body.top_k, "mode": mode, "results": results})

@@ -101,9 +101,12 @@ def request_json(
         connection.close()
 
 
-def remote_search(url: str, query: str, k: int, token: str | None = None, mode: str | None = None) -> list[dict]:
-    """The k best hits from the server at url, as `grace search --json` prints them (hit_dict)."""
-    body = {"query": query, "top_k": k} | ({"mode": mode} if mode else {})
+def remote_search(
+    url: str, query: str, k: int, token: str | None = None, mode: str | None = None, only: dict | None = None
+) -> list[dict]:
+    """The k best hits from the server at url that pass the filter only (SearchFilter's fields, as JSON),
+    as `grace search --json` prints them (hit_dict)."""
+    body = {"query": query, "top_k": k} | ({"mode": mode} if mode else {}) | ({"filter": only} if only else {})
     status, answer = request_json(url, "POST", "/api/vectors/search", body, token)
     if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
         raise ApiUnavailable(f"POST {url}/api/vectors/search answered {status}: {answer}")

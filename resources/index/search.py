@@ -10,16 +10,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from grace.core.index_config import SearchMode, check_mode
+from grace.core.search_filter import SearchFilter
 from grace.resources.embedding.embedder import Embedder, embedder_for_model_id
 from grace.resources.index.fusion import FUSION_DEPTH, Ranked, fuse
 from grace.resources.index.shard_state import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.index.vector_index import ShardedIndex
+from grace.resources.store.chunk_filter import ChunkFilter
 from grace.resources.store.store import Store
 from grace.resources.text.readers.base import HEADING_SEPARATOR
 from grace.resources.text.terms import LexicalQuery, holds_phrase, parse_query
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-PHRASE_CHECK_BATCH = 200  # lexical candidates whose text is opened at once to check a phrase
+PHRASE_CHECK_BATCH = 200  # lexical candidates filtered, or whose text is opened to check a phrase, at once
+FILTER_WIDENING = 4  # a filtered shard asks Annoy for this many times more candidates until k pass
 
 
 @dataclass(frozen=True)
@@ -44,23 +47,39 @@ class SearchHit:
 
 class Searcher:
     """Answers a query from the vectors (every shard's index and its pending vectors, exactly), from the
-    lexical index, or from both fused by rank, as mode says (grace.yaml's search.mode by default)."""
+    lexical index, or from both fused by rank, as mode says (grace.yaml's search.mode by default).
+    sources, grace.yaml's source names, lets a filter on an unknown source be refused by name."""
 
-    def __init__(self, store: Store, index: ShardedIndex, embedder: Embedder, mode: SearchMode = "hybrid"):
+    def __init__(
+        self,
+        store: Store,
+        index: ShardedIndex,
+        embedder: Embedder,
+        mode: SearchMode = "hybrid",
+        sources: tuple[str, ...] = (),
+    ):
         self.store = store
         self.index = index
         self.embedder = embedder
         self.mode = check_mode(mode)
+        self.sources = sources
         # Queries are encoded one at a time: the torch backend is not documented as thread-safe, and on
         # a CPU the model uses every core for one query anyway. Store and index reads run concurrently.
         self._encode_lock = threading.Lock()
 
-    def search(self, query: str, k: int = 10, mode: SearchMode | None = None) -> list[SearchHit]:
-        """The k best chunks for the query, best first; undecodable characters warn and become U+FFFD.
+    def search(
+        self, query: str, k: int = 10, mode: SearchMode | None = None, only: SearchFilter | None = None
+    ) -> list[SearchHit]:
+        """The k best chunks for the query that pass the filter only, best first; undecodable characters
+        warn and become U+FFFD. The filter applies inside each side's search: k hits come back whenever
+        k chunks pass it.
 
         A `"quoted phrase"` must appear in a lexical or hybrid hit exactly (dense search ignores quotes).
         """
         mode = check_mode(mode or self.mode)
+        if only is not None:
+            only.check_sources(self.sources)
+        chosen = None if only is None or only.is_empty else ChunkFilter(self.store.texts, only)
         if not query.strip():
             raise ValueError("the query is empty; pass some words to search for")
         if k < 1:
@@ -70,7 +89,7 @@ class Searcher:
             warnings.warn(f"the query was not valid Unicode; searching for {query!r} instead", UnicodeWarning, 2)
         lexical_query = parse_query(query)
         if mode == "lexical" or (mode == "hybrid" and lexical_query.phrases):
-            lexical = self._lexical_ranked(lexical_query, k if mode == "lexical" else max(k, FUSION_DEPTH))
+            lexical = self._lexical_ranked(lexical_query, k if mode == "lexical" else max(k, FUSION_DEPTH), chosen)
             if mode == "lexical":
                 return self._hits(
                     [Ranked(chunk_id, score, None, rank) for rank, (chunk_id, score) in enumerate(lexical, 1)], {}
@@ -79,16 +98,17 @@ class Searcher:
         with self._encode_lock:
             vector = serving.encode([query])[0]
         if mode == "dense":
-            return self.search_vector(vector, k, serving.model_id)
+            return self.search_vector(vector, k, serving.model_id, chosen)
         if not lexical_query.phrases:
-            lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH))
-        dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id)
+            lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH), chosen)
+        dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id, chosen)
         fused = fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))[:k]
         similarity = dict(dense)
         found_lexically = [entry.chunk_id for entry in fused if entry.chunk_id not in similarity]
         if found_lexically:
             ids, vectors = self.store.embeddings.vectors_of(found_lexically, serving.model_id)
-            similarity.update(zip(ids.tolist(), (vectors @ vector.astype(np.float32)).tolist()))
+            if len(ids):  # none: chunks not embedded for the serving model yet
+                similarity.update(zip(ids.tolist(), (vectors @ vector.astype(np.float32)).tolist()))
         return self._hits(fused, similarity)
 
     def serving_embedder(self) -> Embedder:
@@ -108,36 +128,48 @@ class Searcher:
             return self.embedder
         return previous
 
-    def search_vector(self, vector: np.ndarray, k: int, model_id: str | None = None) -> list[SearchHit]:
+    def search_vector(
+        self, vector: np.ndarray, k: int, model_id: str | None = None, chosen: ChunkFilter | None = None
+    ) -> list[SearchHit]:
         """The k chunks nearest to an encoded query, from model_id's vectors (by default the serving model's)."""
-        dense = self._dense_ranked(vector, k, model_id)
+        dense = self._dense_ranked(vector, k, model_id, chosen)
         ranked = [Ranked(chunk_id, score, rank, None) for rank, (chunk_id, score) in enumerate(dense, 1)]
         return self._hits(ranked, dict(dense))
 
-    def _dense_ranked(self, vector: np.ndarray, k: int, model_id: str | None) -> list[tuple[int, float]]:
+    def _dense_ranked(
+        self, vector: np.ndarray, k: int, model_id: str | None, chosen: ChunkFilter | None
+    ) -> list[tuple[int, float]]:
         model_id = model_id or self.store.serving.model(self.embedder.model_id)
         ids, scores = [], []
         for view in shard_views(self.store, self.index, model_id):
-            shard_ids, shard_scores = self._shard_candidates(view, vector, k, model_id)
+            shard_ids, shard_scores = self._shard_candidates(view, vector, k, model_id, chosen)
             ids.append(shard_ids)
             scores.append(shard_scores)
         all_ids, all_scores = np.concatenate(ids), np.concatenate(scores)
         best = np.argsort(-all_scores, kind="stable")[:k]
         return [(int(all_ids[position]), float(all_scores[position])) for position in best]
 
-    def _lexical_ranked(self, query: LexicalQuery, k: int) -> list[tuple[int, float]]:
-        """The k best lexical candidates; with phrases, only those whose text holds each one, in order."""
-        ranked = self.store.lexical.search(query, None if query.phrases else k)
-        if not query.phrases:
-            return ranked
+    def _lexical_ranked(self, query: LexicalQuery, k: int, chosen: ChunkFilter | None) -> list[tuple[int, float]]:
+        """The k best lexical candidates that pass the filter; with phrases, only those whose text holds
+        each one, in order."""
+        if not query.phrases and chosen is None:
+            return self.store.lexical.search(query, k)
+        ranked = self.store.lexical.search(query, None)
         kept = []
         for start in range(0, len(ranked), PHRASE_CHECK_BATCH):
             batch = ranked[start : start + PHRASE_CHECK_BATCH]
-            texts = self.store.texts.chunk_hits([chunk_id for chunk_id, _score in batch])
-            for chunk_id, score in batch:
-                hit = texts.get(chunk_id)
-                if hit is not None and all(holds_phrase(hit.text, list(phrase)) for phrase in query.phrases):
-                    kept.append((chunk_id, score))
+            if chosen is not None:
+                allowed = chosen.allowed(chunk_id for chunk_id, _score in batch)
+                batch = [(chunk_id, score) for chunk_id, score in batch if chunk_id in allowed]
+            if query.phrases:
+                texts = self.store.texts.chunk_hits([chunk_id for chunk_id, _score in batch])
+                batch = [
+                    (chunk_id, score)
+                    for chunk_id, score in batch
+                    if chunk_id in texts
+                    and all(holds_phrase(texts[chunk_id].text, list(phrase)) for phrase in query.phrases)
+                ]
+            kept.extend(batch)
             if len(kept) >= k:
                 return kept[:k]
         return kept
@@ -169,17 +201,30 @@ class Searcher:
         return results
 
     def _shard_candidates(
-        self, view: ShardView, vector: np.ndarray, k: int, model_id: str
+        self, view: ShardView, vector: np.ndarray, k: int, model_id: str, chosen: ChunkFilter | None
     ) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if view.index is not None:
             # Asking for k + tombstoned (nearest() raises the budget to match) guarantees
-            # min(k, live indexed) live ids: Annoy returns every item it was asked for.
-            ids, scores = view.index.nearest(vector, k + len(view.tombstoned), self.index.search_k_per_shard)
-            alive = ~np.isin(ids, view.tombstoned)
-            ids, scores = ids[alive], scores[alive]
-        if len(view.pending):
-            pending_ids, vectors = self.store.embeddings.vectors_of(view.pending, model_id)
+            # min(k, live indexed) live ids: Annoy returns every item it was asked for. With a filter,
+            # the ask widens until k pass it or it covers the whole shard.
+            items, asked = len(view.index.chunk_ids), k + len(view.tombstoned)
+            while True:
+                ids, scores = view.index.nearest(vector, asked, self.index.search_k_per_shard)
+                kept = ~np.isin(ids, view.tombstoned)
+                if chosen is not None:
+                    allowed = chosen.allowed(ids[kept].tolist())
+                    kept &= np.fromiter((chunk_id in allowed for chunk_id in ids.tolist()), bool, len(ids))
+                ids, scores = ids[kept], scores[kept]
+                if chosen is None or len(ids) >= k or asked >= items:
+                    break
+                asked = min(asked * FILTER_WIDENING, items)
+        pending = view.pending
+        if chosen is not None and len(pending):
+            allowed = chosen.allowed(pending.tolist())
+            pending = np.asarray([chunk_id for chunk_id in pending.tolist() if chunk_id in allowed], dtype=np.int64)
+        if len(pending):
+            pending_ids, vectors = self.store.embeddings.vectors_of(pending, model_id)
             ids = np.concatenate([ids, pending_ids])
             scores = np.concatenate([scores, vectors @ vector.astype(np.float32)])
         return ids, scores.astype(np.float32)

@@ -71,4 +71,10 @@ def open_embedder(manifest: Manifest) -> Embedder:
 
 def open_searcher(manifest: Manifest) -> Searcher:
     """A Searcher over the manifest's store, index and embedder, in its search.mode."""
-    return Searcher(open_manifest_store(manifest), open_index(manifest), open_embedder(manifest), manifest.search.mode)
+    return Searcher(
+        open_manifest_store(manifest),
+        open_index(manifest),
+        open_embedder(manifest),
+        manifest.search.mode,
+        tuple(source.name for source in manifest.sources),
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from dagster import AssetSelection
 from sqlalchemy import update
 
 from grace import api
@@ -57,6 +58,14 @@ def test_each_hybrid_hit_carries_both_ranks_and_the_fused_score(deployment):
     assert [hit.similarity for hit in hybrid] == pytest.approx([cosine[hit.chunk_id] for hit in hybrid], abs=1e-5)
     assert all(hit.similarity is None for hit in deployment.search(query, k=5, mode="lexical"))
     assert "weather.txt" not in [hit.path for hit in deployment.search(query, k=5, mode="lexical")][:1]
+
+
+def test_a_chunk_not_yet_embedded_is_found_lexically_without_a_similarity(deployment):
+    deployment.drop("fresh.txt", "The valve V-2231 leaks at night.")
+    [request] = deployment.tick()
+    deployment._materialize(AssetSelection.assets("documents", "chunks"), int(request.partition_key))
+    [hit] = [hit for hit in deployment.search("V-2231", k=5) if hit.path == "fresh.txt"]
+    assert hit.found_by == "lexical" and hit.similarity is None, "live, but no vector for it yet"
 
 
 def test_a_quoted_phrase_returns_only_chunks_that_hold_it(deployment):

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest, load_manifest
+from grace.core.search_filter import SearchFilter
 from grace.core.secrets import create_key_file, parse_secret_ref
 from grace.definitions import build_definitions
 from grace.resources.index.search import Searcher, index_stats
@@ -238,9 +239,11 @@ class Deployment:
             },
         }
 
-    def search(self, query: str, k: int = 5, mode: str | None = None):
-        """Search as grace.yaml's search.mode (hybrid by default) says, or in mode."""
-        return Searcher(self.store, self.index, self.embedder, self.manifest.search.mode).search(query, k, mode)
+    def search(self, query: str, k: int = 5, mode: str | None = None, only: SearchFilter | None = None):
+        """Search as grace.yaml's search.mode (hybrid by default) says, or in mode; only what passes only."""
+        sources = tuple(source.name for source in self.manifest.sources)
+        searcher = Searcher(self.store, self.index, self.embedder, self.manifest.search.mode, sources)
+        return searcher.search(query, k, mode, only)
 
     def stats(self) -> dict:
         return index_stats(self.store, self.index, self.embedder.model_id)

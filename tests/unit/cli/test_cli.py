@@ -65,6 +65,22 @@ def test_search_takes_a_mode_and_refuses_an_unknown_one(deployment, capsys):
     assert "argument --mode: invalid choice: 'semantic'" in capsys.readouterr().err
 
 
+def test_search_takes_filters_and_names_a_bad_one(deployment, capsys):
+    config = str(deployment.root / "grace.yaml")
+    code, out, _ = run(capsys, "search", "platform", "--type", "md", "--json", "-c", config)
+    assert code == 0 and [hit["path"] for hit in json.loads(out)] == ["trains.md"]
+    code, out, _ = run(capsys, "search", "platform", "--path", "*.txt", "--mode", "lexical", "-c", config)
+    assert code == 0 and out.startswith("no results passing the filter (lexical search)")
+    for flags, message in [
+        (["--page", "0"], "grace search: --page: Input should be greater than or equal to 1"),
+        (["--modified-before", "tomorrow"], "grace search: --modified-before: Input should be a valid datetime"),
+        (["--source", "doc"], "grace search: --source: no source named 'doc'; grace.yaml names docs"),
+        (["--path", "/etc/*"], "grace search: --path: is a glob relative to the source folder"),
+    ]:
+        code, _out, err = run(capsys, "search", "platform", *flags, "-c", config)
+        assert code == 2 and err.startswith(message), (flags, err)
+
+
 def test_stats_reports_every_figure_per_shard_and_total(deployment, capsys):
     code, out, _ = run(capsys, "stats", "--json", "-c", str(deployment.root / "grace.yaml"))
     stats = json.loads(out)

@@ -128,6 +128,27 @@ def test_a_search_names_its_mode_and_each_hit_its_ranks(api, mode):
     assert unset.json["mode"] == "hybrid", "grace.yaml's default"
 
 
+def test_a_search_takes_a_filter_and_a_bad_one_is_a_422_naming_it(api):
+    api.deployment.drop("codes/e4711.txt", "The pump stops with error E4711 when its filter is blocked.")
+    api.deployment.drop("codes/e4711.md", "E4711 again, in a markdown file.")
+    api.deployment.sync()
+    body = {"query": "E4711", "top_k": 5, "filter": {"type": "md", "path": "codes/**"}}
+    found = post(api, "/api/vectors/search", body)
+    assert found.status == 200 and [hit["path"] for hit in found.json["results"]] == ["codes/e4711.md"]
+    for bad, field in [
+        ({"type": "m d"}, "filter.type"),
+        ({"modified_after": "last week"}, "filter.modified_after"),
+        ({"page": "2"}, "filter.page"),
+        ({"colour": "red"}, "filter.colour"),
+        ({"source": "elsewhere"}, "filter.source"),
+        ("docs", "filter"),
+    ]:
+        refused = post(api, "/api/vectors/search", {"query": "E4711", "filter": bad})
+        assert refused.status == 422 and refused.json["field"] == field, (bad, refused.json)
+    unknown = post(api, "/api/vectors/search", {"query": "E4711", "filter": {"source": "elsewhere"}})
+    assert "no source named 'elsewhere'; grace.yaml names docs" in unknown.json["error"]
+
+
 def test_concurrent_searches_answer_as_sequential_ones(api):
     """Searches run on the server's thread pool at once; each must match the same search made alone."""
     for number in range(12):
