@@ -76,7 +76,7 @@ class SearchFilter(BaseModel):
 
     @property
     def is_empty(self) -> bool:
-        return not self.model_fields_set or all(value is None for value in self.model_dump().values())
+        return all(value is None for value in self.model_dump().values())
 
     def check_sources(self, names: Sequence[str]) -> None:
         """UnknownSource, naming filter.source, when grace.yaml has no source of that name."""
