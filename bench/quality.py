@@ -1,20 +1,22 @@
 """Search quality on real text nobody here wrote: a known-item evaluation of dense, lexical and hybrid search.
 
-    .venv/bin/python bench/quality.py [--pages 400] [--backend onnx-int8|torch] [--json]
+    .venv/bin/python bench/quality.py [--pages 1000] [--backend onnx-int8|torch] [--json]
 
-The corpus is this machine's manual pages (section 1, /usr/share/man/man1, as Debian packages install
-them), rendered to text by groff. Each page's NAME line ("ls - list directory contents") is cut from
-the indexed text, and its summary ("list directory contents") is the query; the page is the one right
-answer. Pages are taken evenly from the sorted list (every n-th; not the Google Cloud SDK's 15,000
-generated `gcloud` pages, or one package would be most of the corpus), keeping those of 1 to 40 KB;
-nothing is tuned to single queries. Search asks for 30 chunks and ranks the documents by their first
-chunk, so one page's chunks do not crowd out the others.
+The corpus is this machine's manual pages (sections 1 and 8, /usr/share/man/man1 and man8, as
+Debian packages install them), rendered to text by groff. Each page's NAME line ("ls - list
+directory contents") is cut from the indexed text, and its summary ("list directory contents") is
+the query; the page is the one right answer. Up to --pages pages of each section are taken evenly
+from its sorted list (every n-th; not the Google Cloud SDK's 15,000 generated `gcloud` pages, or
+one package would be most of the corpus), keeping those of 1 to 40 KB; nothing is tuned to single
+queries. Search asks for 30 chunks and ranks the documents by their first chunk, so one page's
+chunks do not crowd out the others.
 
-Prints, for `dense`, `lexical` and `hybrid`: `mrr_at_10` (mean of 1/rank of the page in the first 10,
-else 0) and `hit_at_1`. The paraphrase set is the queries that share no term with their page (after
-stop words): lexical search cannot find them, so they show what hybrid does where dense is strong.
-With --json, one object on the last line holds those figures, `hybrid_beats_both`, and
-`paraphrase_not_worse` (hybrid's paraphrase MRR at least dense's).
+Prints, for `dense`, `lexical` and `hybrid` (grace.yaml's default fusion): `mrr_at_10` (mean of
+1/rank of the page in the first 10, else 0) and `hit_at_1`; and `hybrid_rrf`, hybrid with classic
+reciprocal rank fusion (equal weights), for comparison. The paraphrase set is the queries that
+share no term with their page (after stop words): lexical search cannot find them, so they show
+what hybrid does where dense is strong. With --json, one object on the last line holds those
+figures, `hybrid_beats_both`, and `paraphrase_not_worse` (hybrid's paraphrase MRR at least dense's).
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grace.resources.embedding.onnx_model import model_cache_root  # noqa: E402
+from grace.resources.index.fusion import Fusion  # noqa: E402
 from grace.resources.index.search import Searcher  # noqa: E402
 from grace.resources.text.terms import terms  # noqa: E402
 from grace.resources.wiring.dagster_resources import EmbedderResource  # noqa: E402
 from tests.helpers.harness import Deployment  # noqa: E402
 
-MAN_PAGES = Path("/usr/share/man/man1")
+MAN_SECTIONS = (Path("/usr/share/man/man1"), Path("/usr/share/man/man8"))
 MODES = ("dense", "lexical", "hybrid")
+CLASSIC_RRF = Fusion("rrf", dense_weight=0.5)
 MIN_BYTES, MAX_BYTES = 1_000, 40_000
 # Google Cloud SDK's 15,000 generated pages: left out, or one package would be most of the corpus.
 GENERATED = "gcloud"
@@ -65,11 +69,18 @@ def render(page: Path) -> str | None:
 
 
 def known_items(pages: int) -> list[tuple[str, str, str]]:
-    """(file name, query, text without its NAME line) for up to pages manual pages, taken evenly."""
-    candidates = sorted(page for page in MAN_PAGES.iterdir() if not page.name.startswith(GENERATED))
-    step = max(1, len(candidates) // (pages * 3))  # a third renders to a usable page, give or take
+    """(file name, query, text without its NAME line) for up to pages manual pages of each section, taken evenly."""
     items: list[tuple[str, str, str]] = []
     seen_queries: set[str] = set()
+    for section in MAN_SECTIONS:
+        items += section_items(section, pages, seen_queries)
+    return items
+
+
+def section_items(section: Path, pages: int, seen_queries: set[str]) -> list[tuple[str, str, str]]:
+    candidates = sorted(page for page in section.iterdir() if not page.name.startswith(GENERATED))
+    step = max(1, len(candidates) // (pages * 3))  # a third renders to a usable page, give or take
+    items: list[tuple[str, str, str]] = []
     for page in candidates[::step]:
         text = render(page)
         if text is None:
@@ -109,7 +120,7 @@ def scores(ranks: list[int | None]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pages", type=int, default=400, help="manual pages in the corpus (default 400)")
+    parser.add_argument("--pages", type=int, default=1000, help="manual pages of each section at most (default 1000)")
     parser.add_argument("--backend", choices=["onnx-int8", "torch"], default="onnx-int8")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
@@ -117,7 +128,7 @@ def main() -> None:
         parser.error("--pages: at least 10")
     logging.disable(logging.INFO)
     items = known_items(args.pages)
-    print(f"{len(items)} manual pages from {MAN_PAGES}", flush=True)
+    print(f"{len(items)} manual pages from {', '.join(map(str, MAN_SECTIONS))}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         # The built int8 model is kept where `make dev` keeps it, so a second run does not build it again.
@@ -130,24 +141,26 @@ def main() -> None:
         print(f"ingested in {time.perf_counter() - started:.0f} s", flush=True)
         searcher = Searcher(deployment.store, deployment.index, deployment.embedder)
         ranks = {mode: [first_rank(searcher, query, mode, name) for name, query, _body in items] for mode in MODES}
+        classic = Searcher(deployment.store, deployment.index, deployment.embedder, fusion=CLASSIC_RRF)
+        ranks["hybrid_rrf"] = [first_rank(classic, query, "hybrid", name) for name, query, _body in items]
         paraphrases = [i for i, (_name, query, body) in enumerate(items) if not set(terms(query)) & set(terms(body))]
         deployment.store.dispose()
     result = {
-        "corpus": f"{MAN_PAGES} (groff-rendered, NAME line cut)",
+        "corpus": f"{' and '.join(map(str, MAN_SECTIONS))} (groff-rendered, NAME line cut)",
         "documents": len(items),
         "queries": len(items),
         "backend": args.backend,
-        **{mode: scores(ranks[mode]) for mode in MODES},
+        **{mode: scores(ranks[mode]) for mode in (*MODES, "hybrid_rrf")},
         "paraphrase": {
             "queries": len(paraphrases),
-            **{mode: scores([ranks[mode][i] for i in paraphrases]) for mode in ("dense", "hybrid")},
+            **{mode: scores([ranks[mode][i] for i in paraphrases]) for mode in ("dense", "hybrid", "hybrid_rrf")},
         },
     }
     hybrid, dense, lexical = (result[mode]["mrr_at_10"] for mode in ("hybrid", "dense", "lexical"))
     result["hybrid_beats_both"] = hybrid > dense and hybrid > lexical
     para = result["paraphrase"]
     result["paraphrase_not_worse"] = bool(paraphrases) and para["hybrid"]["mrr_at_10"] >= para["dense"]["mrr_at_10"]
-    for mode in MODES:
+    for mode in (*MODES, "hybrid_rrf"):
         print(f"{mode:>8}: MRR@10 {result[mode]['mrr_at_10']:.3f}, hit@1 {result[mode]['hit_at_1']:.3f}")
     print(f"paraphrases ({len(paraphrases)}): dense {para['dense']}, hybrid {para['hybrid']}")
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))

@@ -38,7 +38,7 @@ def search(
     query: str, k: int = 5, config: str | Path | None = None, mode: SearchMode | None = None, **filters: Any
 ) -> list[SearchHit]:
     """The k best chunks for the query across every shard, best first, ranked as mode says: hybrid (dense
-    and lexical ranks fused), dense or lexical; grace.yaml's search.mode by default.
+    and lexical results fused), dense or lexical; grace.yaml's search.mode by default.
 
     filters are SearchFilter's fields (source, path, type, modified_after, modified_before, page,
     heading): only chunks that pass every one are returned, k of them whenever k exist. A ValueError

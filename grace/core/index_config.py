@@ -11,6 +11,10 @@ from grace.core.validators import validate_cron
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
 SearchMode = Literal["hybrid", "dense", "lexical"]
+FusionMethod = Literal["relative", "rrf"]
+# The dense side's weight in hybrid search. Measured on real manual pages (docs/performance.md#search-quality):
+# lighter, and the queries whose words the right page lacks rank worse than in dense search alone.
+DENSE_WEIGHT = 0.75
 
 
 class RebuildConfig(Section):
@@ -57,12 +61,23 @@ class IndexConfig(Section):
 
 
 class SearchConfig(Section):
-    """How search ranks: the vectors, the lexical index, or both fused by rank."""
+    """How search ranks: the vectors, the lexical index, or both fused."""
 
     mode: SearchMode = Field(
         default="hybrid",
-        description="hybrid: dense and lexical ranks fused (reciprocal rank fusion); dense: vectors only; "
+        description="hybrid: dense and lexical results fused; dense: vectors only; "
         "lexical: BM25 over the terms only; a query may ask for another",
+    )
+    fusion: FusionMethod = Field(
+        default="relative",
+        description="how hybrid fuses: relative (each side's scores scaled to 0..1, then weighted) or "
+        "rrf (reciprocal rank fusion: ranks only, weighted)",
+    )
+    dense_weight: float = Field(
+        default=DENSE_WEIGHT,
+        ge=0,
+        le=1,
+        description="the dense side's weight in hybrid search, 0 to 1; the lexical side has the rest",
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from grace.core.index_config import SearchMode, check_mode
 from grace.core.search_filter import SearchFilter
 from grace.resources.embedding.embedder import Embedder, embedder_for_model_id
-from grace.resources.index.fusion import FUSION_DEPTH, Ranked, fuse
+from grace.resources.index.fusion import DEFAULT_FUSION, FUSION_DEPTH, Fusion, Ranked
 from grace.resources.index.shard_state import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.store.chunk_filter import ChunkFilter
@@ -47,7 +47,7 @@ class SearchHit:
 
 class Searcher:
     """Answers a query from the vectors (every shard's index and its pending vectors, exactly), from the
-    lexical index, or from both fused by rank, as mode says (grace.yaml's search.mode by default).
+    lexical index, or from both fused as fusion says, as mode says (grace.yaml's search.mode by default).
     sources, grace.yaml's source names, lets a filter on an unknown source be refused by name."""
 
     def __init__(
@@ -57,12 +57,14 @@ class Searcher:
         embedder: Embedder,
         mode: SearchMode = "hybrid",
         sources: tuple[str, ...] = (),
+        fusion: Fusion = DEFAULT_FUSION,
     ):
         self.store = store
         self.index = index
         self.embedder = embedder
         self.mode = check_mode(mode)
         self.sources = sources
+        self.fusion = fusion
         # Queries are encoded one at a time: the torch backend is not documented as thread-safe, and on
         # a CPU the model uses every core for one query anyway. Store and index reads run concurrently.
         self._encode_lock = threading.Lock()
@@ -102,7 +104,7 @@ class Searcher:
         if not lexical_query.phrases:
             lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH), chosen)
         dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id, chosen)
-        fused = fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))[:k]
+        fused = self.fusion.fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))[:k]
         similarity = dict(dense)
         found_lexically = [entry.chunk_id for entry in fused if entry.chunk_id not in similarity]
         if found_lexically:

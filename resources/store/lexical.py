@@ -29,6 +29,7 @@ from grace.resources.store.texts import SealedText
 from grace.resources.text.terms import LexicalQuery, terms
 
 K1, B = 1.2, 0.75  # BM25's usual constants
+COMMON_POSTINGS = 1000  # a term in more chunk texts than this is common: see LexicalIndex.search
 CORPUS_STATS_SECONDS = 5.0  # the live chunk count and mean length move slowly: read them at most this often
 UNREFERENCED_GRACE = timedelta(minutes=30)  # as for vectors: a writer may be about to use postings it found
 BACKFILL_BATCH = 500
@@ -50,16 +51,22 @@ class LexicalIndex:
     def __init__(self, engine: Engine, writer: Engine, layout: ShardLayout, texts: SealedText):
         self.engine, self.writer, self.layout, self.texts = engine, writer, layout, texts
         self._corpus: tuple[float, int, float] | None = None  # (read at, live chunks, mean length)
+        self._common: dict[bytes, tuple[float, int]] = {}  # a common term's chunk texts: (read at, count)
 
     def postings(self, texts: Iterable[tuple[str, str]]) -> list[Postings]:
         """Postings of (chunk_hash, plaintext) pairs, one per hash. Call before a write transaction
         opens: the first call on a store makes its term key."""
         hash_term = term_hasher(self.texts.keys().term_key())
+        hashed: dict[str, bytes] = {}  # each distinct term is hashed once per call, not once per occurrence
         made: dict[str, Postings] = {}
         for chunk_hash, text in texts:
             if chunk_hash not in made:
-                counts = Counter(hash_term(term) for term in terms(text))
-                made[chunk_hash] = Postings(chunk_hash, sum(counts.values()), dict(counts))
+                counts = Counter(terms(text))
+                frequencies: dict[bytes, int] = {}
+                for term, count in counts.items():
+                    digest = hashed.get(term) or hashed.setdefault(term, hash_term(term))
+                    frequencies[digest] = frequencies.get(digest, 0) + count
+                made[chunk_hash] = Postings(chunk_hash, sum(counts.values()), frequencies)
         return list(made.values())
 
     def write(self, connection: Connection, postings: Sequence[Postings]) -> None:
@@ -78,32 +85,50 @@ class LexicalIndex:
             rows = [dict(chunk_hash=h, length=by_hash[h].length, created_at=now) for h in sorted(new)]
             connection.execute(dialect(lexical_chunks).on_conflict_do_nothing(), rows)
             ids = select(lexical_chunks.c.chunk_hash, lexical_chunks.c.id).where(lexical_chunks.c.chunk_hash.in_(new))
-            terms_rows = [
-                dict(term=term, text_id=text_id, frequency=count)
+            terms_rows = sorted(  # in key order: each insert lands beside the one before
+                (term, text_id, count)
                 for chunk_hash, text_id in connection.execute(ids)
                 for term, count in by_hash[chunk_hash].frequencies.items()
-            ]
-            if terms_rows:
-                connection.execute(dialect(lexical_terms).on_conflict_do_nothing(), terms_rows)
+            )
+            if not terms_rows:
+                continue
+            if connection.dialect.name == "sqlite":  # SQLAlchemy's handling of each row's parameters doubles the cost
+                connection.exec_driver_sql(_SQLITE_INSERT_TERMS, terms_rows)
+            else:
+                rows = [dict(term=term, text_id=text_id, frequency=count) for term, text_id, count in terms_rows]
+                connection.execute(dialect(lexical_terms).on_conflict_do_nothing(), rows)
 
     def search(self, query: LexicalQuery, limit: int | None) -> list[tuple[int, float]]:
         """Up to limit (None: all) (chunk id, BM25 score) of live chunks, best first, ties by id; a query with
-        phrases returns only chunks holding every phrase's words (the caller checks their order in the text)."""
+        phrases returns only chunks holding every phrase's words (the caller checks their order in the text).
+
+        A common term, in over COMMON_POSTINGS chunk texts (`error`, or the `http` that every
+        `HttpServerError` holds), is scored only on the chunks the query's rarer terms matched, as
+        Lucene's common-terms query did: its postings would cost more to read than the rest of the
+        query, and its low idf seldom decides what ranks first. Its idf comes from a count cached
+        like the corpus statistics. A query whose terms are all common, or whose rarer terms match
+        no live chunk, reads the common ones whole."""
         if not query.terms:
             return []
         hash_term = term_hasher(self.texts.keys().term_key())
-        hashed = {hash_term(term): term for term in query.terms}
+        hashed = {hash_term(term) for term in query.terms}
         required = {hash_term(term) for term in query.required}
-        rows = []
-        with self.engine.connect() as connection:
-            for batch in batches(list(hashed), 500):
-                rows += connection.execute(_MATCHES.where(lexical_terms.c.term.in_(batch))).all()
         live, mean_length = self._corpus_stats()
+        with self.engine.connect() as connection:
+            common = {term for term in hashed if _postings_over(connection, term, COMMON_POSTINGS)}
+            rows = _matches(connection, hashed - common)
+            candidates = {row.text_id for row in rows}
+            if common and candidates:
+                rows += _matches(connection, common, candidates)
+                frequency_of = Counter(row.term for row in rows if row.term not in common)
+                frequency_of.update(self._common_frequencies(connection, common))
+            else:
+                rows += _matches(connection, common)
+                frequency_of = Counter(row.term for row in rows)  # chunks per term, among the live ones
         by_chunk: dict[int, list] = {}
         for row in rows:
             by_chunk.setdefault(row.id, []).append(row)
-        frequency_of = Counter(row.term for row in rows)  # chunks per term, among the live ones
-        idf = {term: math.log(1 + (live - df + 0.5) / (df + 0.5)) for term, df in frequency_of.items()}
+        idf = {term: _idf(live, df) for term, df in frequency_of.items()}
         scored = []
         for chunk_id, matched in by_chunk.items():
             if required and not required <= {row.term for row in matched}:
@@ -224,6 +249,17 @@ class LexicalIndex:
             known = self._corpus = (time.monotonic(), int(count), float(mean or 0.0))
         return known[1], known[2]
 
+    def _common_frequencies(self, connection: Connection, common: set[bytes]) -> dict[bytes, int]:
+        """Chunk texts holding each common term, counted at most every CORPUS_STATS_SECONDS: a common
+        term's count is the slow part of its idf, and it moves as slowly as the corpus."""
+        now = time.monotonic()
+        for term in common:
+            known = self._common.get(term)
+            if known is None or now - known[0] >= CORPUS_STATS_SECONDS:
+                count = connection.execute(select(func.count()).where(lexical_terms.c.term == term)).scalar_one()
+                self._common[term] = (now, int(count))
+        return {term: self._common[term][1] for term in common}
+
 
 def _indexed():
     return select(lexical_chunks.c.chunk_hash).where(lexical_chunks.c.chunk_hash == chunks.c.chunk_hash).exists()
@@ -235,12 +271,41 @@ def _orphaned(cutoff: datetime):
     return and_(lexical_chunks.c.created_at < cutoff, ~live, ~staged)
 
 
+_SQLITE_INSERT_TERMS = "INSERT OR IGNORE INTO lexical_terms (term, text_id, frequency) VALUES (?, ?, ?)"
+
 # A term's postings among the live chunks of active documents, with each chunk's length.
 _MATCHES = (
-    select(chunks.c.id, lexical_terms.c.term, lexical_terms.c.frequency, lexical_chunks.c.length)
+    select(
+        chunks.c.id, lexical_terms.c.text_id, lexical_terms.c.term, lexical_terms.c.frequency, lexical_chunks.c.length
+    )
     .select_from(lexical_terms)
     .join(lexical_chunks, lexical_chunks.c.id == lexical_terms.c.text_id)
     .join(chunks, chunks.c.chunk_hash == lexical_chunks.c.chunk_hash)
     .join(documents, documents.c.id == chunks.c.document_id)
     .where(documents.c.status == "active")
 )
+
+
+def _matches(connection: Connection, terms: set[bytes], text_ids: set[int] | None = None) -> list:
+    """The live postings of terms (_MATCHES rows), only of text_ids if given."""
+    rows: list = []
+    id_batches = [None] if text_ids is None else list(batches(sorted(text_ids), 500))
+    for batch in batches(sorted(terms), 500):
+        for ids in id_batches:
+            where = lexical_terms.c.term.in_(batch)
+            if ids is not None:
+                where = and_(where, lexical_terms.c.text_id.in_(ids))
+            rows += connection.execute(_MATCHES.where(where)).all()
+    return rows
+
+
+def _postings_over(connection: Connection, term: bytes, limit: int) -> bool:
+    """Whether more than limit chunk texts hold term, reading at most limit + 1 of its postings."""
+    first = select(lexical_terms.c.text_id).where(lexical_terms.c.term == term).limit(limit + 1).subquery()
+    return connection.execute(select(func.count()).select_from(first)).scalar_one() > limit
+
+
+def _idf(live: int, chunks_with_term: int) -> float:
+    """BM25's idf; a count that includes texts not swept yet may pass the live chunks, so it is capped."""
+    frequency = min(chunks_with_term, live)
+    return math.log(1 + (live - frequency + 0.5) / (frequency + 0.5))

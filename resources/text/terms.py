@@ -10,6 +10,7 @@ and `run`. Documents and queries go through the same function, so a query for `s
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ _JOINERS = re.compile(r"[._\-/:@+#]+")
 # letters and digits.
 _CASE_PARTS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+", re.UNICODE)
 MAX_TERM_CHARS = 64  # a longer "word" (a hash, base64) is indexed by its first 64 characters
+CACHED_WORD_CHARS = 2 * MAX_TERM_CHARS  # longer words are split each time they occur, never cached
 MAX_PARTS = 16  # of one word: a 5 MB run of joined parts must not become a million terms
 # Lucene's English stop words. They are in nearly every chunk, so their postings are the largest and
 # rank nothing; worse, fused with dense ranks, a match on `the` alone would outvote a paraphrase.
@@ -39,6 +41,8 @@ def fold(text: str) -> str:
 
 
 def _without_accents(text: str) -> str:
+    if text.isascii():  # nothing to decompose: most words of technical text, at a fraction of the cost
+        return text
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(char for char in decomposed if not unicodedata.combining(char))
 
@@ -68,7 +72,19 @@ def terms_of_word(word: str) -> list[str]:
 
 def terms(text: str) -> list[str]:
     """Every term of text but STOP_WORDS, with repeats (their count is the term's frequency in the text)."""
-    return [term for word in words(text) for term in terms_of_word(word) if term not in STOP_WORDS]
+    return [term for word in words(text) for term in _indexed_terms(word)]
+
+
+def _indexed_terms(word: str) -> tuple[str, ...]:
+    # A corpus's words recur, so their terms are worked out once; a giant word is not kept.
+    if len(word) > CACHED_WORD_CHARS:
+        return tuple(term for term in terms_of_word(word) if term not in STOP_WORDS)
+    return _cached_indexed_terms(word)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _cached_indexed_terms(word: str) -> tuple[str, ...]:
+    return tuple(term for term in terms_of_word(word) if term not in STOP_WORDS)
 
 
 def phrase_words(phrase: str) -> list[str]:

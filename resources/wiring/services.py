@@ -10,6 +10,7 @@ import os
 from grace.core.manifest import Manifest
 from grace.resources.embedding.embedder import Embedder, shared_embedder
 from grace.resources.embedding.onnx_model import model_cache_root
+from grace.resources.index.fusion import Fusion
 from grace.resources.index.search import Searcher
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.store.store import Store, open_store
@@ -77,4 +78,5 @@ def open_searcher(manifest: Manifest) -> Searcher:
         open_embedder(manifest),
         manifest.search.mode,
         tuple(source.name for source in manifest.sources),
+        Fusion.of(manifest.search),
     )

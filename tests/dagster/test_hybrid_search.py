@@ -11,9 +11,11 @@ from dagster import AssetSelection
 from sqlalchemy import update
 
 from grace import api
+from grace.core.index_config import DENSE_WEIGHT
 from grace.core.manifest import ManifestError, parse_manifest
 from grace.resources.db.lexical_tables import lexical_chunks, lexical_terms
-from grace.resources.index.fusion import RRF_K
+from grace.resources.index.fusion import FUSION_DEPTH, RRF_K, Fusion
+from grace.resources.index.search import Searcher
 from grace.resources.wiring.dagster_resources import EmbedderResource
 from tests.helpers.fakes import HashingEmbedderResource
 from tests.helpers.harness import Deployment
@@ -38,14 +40,23 @@ def deployment(tmp_path, store_url) -> Deployment:
 
 def test_each_hybrid_hit_carries_both_ranks_and_the_fused_score(deployment):
     query = "dry run of the deploy"
-    dense = [hit.chunk_id for hit in deployment.search(query, k=50, mode="dense")]
-    lexical = [hit.chunk_id for hit in deployment.search(query, k=50, mode="lexical")]
+    dense_hits = deployment.search(query, k=FUSION_DEPTH, mode="dense")
+    lexical_hits = deployment.search(query, k=FUSION_DEPTH, mode="lexical")
+    dense, lexical = [hit.chunk_id for hit in dense_hits], [hit.chunk_id for hit in lexical_hits]
     hybrid = deployment.search(query, k=5)
     assert {hit.chunk_id for hit in hybrid} == set(dense) | set(lexical)
     for hit in hybrid:
         assert hit.dense_rank == (dense.index(hit.chunk_id) + 1 if hit.chunk_id in dense else None)
         assert hit.lexical_rank == (lexical.index(hit.chunk_id) + 1 if hit.chunk_id in lexical else None)
-        expected = sum(1 / (RRF_K + rank) for rank in (hit.dense_rank, hit.lexical_rank) if rank is not None)
+        # relative fusion: each side's scores scaled from its last (0) to its best (1), weighted 3:1
+        expected = sum(
+            weight * (side[rank - 1].score - side[-1].score) / (side[0].score - side[-1].score)
+            for weight, side, rank in (
+                (DENSE_WEIGHT, dense_hits, hit.dense_rank),
+                (1 - DENSE_WEIGHT, lexical_hits, hit.lexical_rank),
+            )
+            if rank is not None
+        )
         assert hit.score == pytest.approx(expected)
         assert (
             hit.found_by
@@ -95,6 +106,20 @@ def test_search_mode_comes_from_grace_yaml_and_an_unknown_one_is_refused(tmp_pat
     with pytest.raises(ManifestError) as refused:
         parse_manifest("search: {mode: semantic}\n", "grace.yaml", tmp_path)
     assert "search.mode" in str(refused.value) and "'hybrid', 'dense' or 'lexical'" in str(refused.value)
+
+
+def test_grace_yaml_chooses_rank_fusion_and_its_weights(deployment):
+    text = (deployment.root / "grace.yaml").read_text() + "search:\n  fusion: rrf\n  dense_weight: 0.5\n"
+    fusion = Fusion.of(parse_manifest(text, "grace.yaml", deployment.root).search)
+    searcher = Searcher(deployment.store, deployment.index, deployment.embedder, fusion=fusion)
+    hits = searcher.search("dry run of the deploy", k=5)
+    assert any(hit.found_by == "both" for hit in hits)
+    for hit in hits:
+        ranks = [rank for rank in (hit.dense_rank, hit.lexical_rank) if rank is not None]
+        assert hit.score == pytest.approx(sum(0.5 / (RRF_K + rank) for rank in ranks))
+    for bad, field in (("{fusion: borda}", "search.fusion"), ("{dense_weight: 1.5}", "search.dense_weight")):
+        with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
+            parse_manifest(f"search: {bad}\n", "grace.yaml", deployment.root)
 
 
 def test_the_python_api_takes_a_mode(deployment):

@@ -15,7 +15,7 @@ from grace import api
 from grace.core.globs import glob_regex
 from grace.core.search_filter import SearchFilter, UnknownSource
 from grace.resources.db.schema import chunks, documents
-from grace.resources.index.fusion import FUSION_DEPTH, fuse
+from grace.resources.index.fusion import DEFAULT_FUSION, FUSION_DEPTH
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.wiring.dagster_resources import EmbedderResource, VectorIndexResource
 from tests.helpers.documents import realdoc
@@ -146,7 +146,7 @@ def test_filters_apply_inside_the_search_and_match_a_brute_force_filter(deployme
         if exact:  # Annoy's candidates may differ from the exact ranking, but never in what passes
             assert [hit.chunk_id for hit in got["dense"]] == [hit.chunk_id for hit in dense][:k]
             depth = max(k, FUSION_DEPTH)
-            expected = fuse(
+            expected = DEFAULT_FUSION.fuse(
                 [(hit.chunk_id, hit.score) for hit in dense[:depth]],
                 [(hit.chunk_id, hit.score) for hit in lexical[:depth]],
             )

@@ -10,6 +10,7 @@ from sqlalchemy import delete, update
 from grace.resources.db.chunk_rows import NewChunk
 from grace.resources.db.schema import (
     DocumentRow,
+    ObservedFile,
     chunks,
     document_rows,
     documents,
@@ -84,3 +85,14 @@ def _set_processed(connection, document_id: str, read_hash: str, **values: objec
         .where(documents.c.id == document_id, documents.c.status != "deleted")
         .values(processed_hash=read_hash, updated_at=utc_now(), **values)
     )
+
+
+def add_live_document(store: Store, path: str, texts: list[str]) -> str:
+    """An active document whose live chunks are texts (chunk hashes from the text, as the chunker makes them)."""
+    digest = f"hash-{path}-{len(texts)}-{texts[0][:8]}"
+    store.ledger.record_scan("docs", [ObservedFile(path, 10, 1, digest)], [], [], [], shards=1)
+    document_id = store.ledger.documents_of("docs")[path].id
+    set_document_text(store, document_id, digest, " ".join(texts))
+    new = [NewChunk(i, f"h-{text}", text, len(text.split())) for i, text in enumerate(texts)]
+    replace_chunks(store, document_id, digest, new, "settings")
+    return document_id

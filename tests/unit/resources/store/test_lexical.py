@@ -11,11 +11,12 @@ from sqlalchemy import func, select
 
 from grace.resources.db.chunk_rows import NewChunk
 from grace.resources.db.lexical_tables import lexical_chunks, lexical_terms
-from grace.resources.db.schema import ObservedFile, chunks
+from grace.resources.db.schema import chunks
 from grace.resources.keys.vault import KeyVault
 from grace.resources.store.store import Store
 from grace.resources.text.terms import parse_query
 from tests.helpers.harness import encrypting_store
+from tests.helpers.store_writes import add_live_document as add
 from tests.helpers.store_writes import replace_chunks, set_document_text, stage_chunks
 
 KEK = os.urandom(32)
@@ -26,17 +27,6 @@ def store(store_url):
     store = encrypting_store(store_url, KEK)
     yield store
     store.dispose()
-
-
-def add(store: Store, path: str, texts: list[str]) -> str:
-    """An active document whose live chunks are texts (chunk hashes from the text, as the chunker makes them)."""
-    digest = f"hash-{path}-{len(texts)}-{texts[0][:8]}"
-    store.ledger.record_scan("docs", [ObservedFile(path, 10, 1, digest)], [], [], [], shards=1)
-    document_id = store.ledger.documents_of("docs")[path].id
-    set_document_text(store, document_id, digest, " ".join(texts))
-    new = [NewChunk(i, f"h-{text}", text, len(text.split())) for i, text in enumerate(texts)]
-    replace_chunks(store, document_id, digest, new, "settings")
-    return document_id
 
 
 def found(store: Store, query: str, limit: int = 10) -> list[str]:
