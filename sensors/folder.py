@@ -15,6 +15,7 @@ from dagster import (
 
 from grace.core.manifest import Manifest, SourceConfig
 from grace.core.names import INGEST_JOB, REASON_TAG, ingest_tags
+from grace.resources.store.held_deletes import Hold
 from grace.resources.text.chunking import chunker_for
 from grace.resources.text.extraction import source_stamps
 from grace.resources.wiring.dagster_resources import EmbedderResource, StoreResource
@@ -101,6 +102,9 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
                 context.log.info(f"{retired} documents of sources no longer in grace.yaml left search")
             requests += _unfinished_work(context, manifest, source, grace_store, embedder, set(pending.bytes_by_shard))
         unfinished = "; the scan goes on next tick" if cursor.scan_unfinished else ""
+        if scan.held is not None:
+            unfinished += f"; {held_message(source, scan.held)}"
+            context.log.warning(held_message(source, scan.held))
         if requests:
             context.log.info(
                 f"{source.name}: {len(scan.changed)} changed, {len(scan.moved)} moved, {len(scan.deleted)} deleted; "
@@ -118,6 +122,13 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
         return SensorResult(run_requests=requests, cursor=cursor.dump(), skip_reason=skip)
 
     return watch_folder
+
+
+def held_message(source: SourceConfig, held: Hold) -> str:
+    return (
+        f"{source.name}: {held.describe()}; the documents stay searchable. The hold ends when the folder "
+        f"comes back; `grace sources release {source.name}` applies the deletes instead"
+    )
 
 
 def describe_recorded(scan: ScanResult) -> str:

@@ -20,9 +20,11 @@ from stat import S_ISDIR
 from grace.core.globs import any_glob, excluded_folder, wanted
 from grace.core.manifest import SourceConfig
 from grace.resources.db.schema import DocumentRow, ObservedFile
+from grace.resources.store.held_deletes import Hold
 from grace.resources.store.not_read import NO_SUFFIX
 from grace.resources.store.store import Store
 from grace.resources.text.reading import content_hash, is_marker, is_unread, refused_marker, unread_marker
+from grace.sensors.delete_guard import guard
 
 # Dagster abandons a sensor evaluation after 60 s, and a tick should stay well under 10 s: the
 # listing (about 2 s for 100,000 files) plus this budget plus one batch.
@@ -100,6 +102,7 @@ class ScanResult:
     moved: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     finished: bool = True  # False: the time budget ran out, and the next scan takes up the rest
+    held: Hold | None = None  # the deletes this scan held back instead (sensors/delete_guard.py)
 
     @property
     def empty(self) -> bool:
@@ -272,11 +275,14 @@ def reconcile(store: Store, source: SourceConfig, shards: int, dirty: Dirty | No
             known.update(store.ledger.documents_under(source.name, stored_path(folder)))
             on_disk.update(list_files(source.path, source.patterns, under=folder, exclude=source.exclude))
     deadline = time.monotonic() + SCAN_BUDGET_SECONDS
+    found_none = dirty is None and not on_disk
+    documents = len(known) if dirty is None else store.ledger.document_count(source.name)
     badly_named = {stored_path(relative): on_disk.pop(relative) for relative in list(on_disk) if not is_utf8(relative)}
     unrecorded = {path: stat for path, stat in badly_named.items() if known.pop(path, None) is None}
     names_finished = quarantine_bad_names(store, source.name, unrecorded, shards, deadline)
     found = diff_folder(source, known, on_disk, deadline)
-    recorded = ScanResult(finished=found.finished and names_finished)
+    found.deleted, found.held = guard(store, source, found.deleted, documents, dirty is None, found_none)
+    recorded = ScanResult(finished=found.finished and names_finished, held=found.held)
     for batch in found.batches(RECORD_BATCH):
         if not recorded.empty and time.monotonic() > deadline:
             recorded.finished = False

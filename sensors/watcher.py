@@ -96,7 +96,9 @@ class FolderWatcher:
     """A running watchdog observer over one source folder."""
 
     def __init__(self, source: SourceConfig):
-        source.path.mkdir(parents=True, exist_ok=True)
+        # Never created here: a folder that vanished must stay missing, so the scan holds its deletes.
+        self.root = source.path
+        self.root_inode = os.stat(source.path).st_ino
         self.journal = Journal(source)
         # Held while a batch is drained and recorded, by the sensor's tick and by the pusher alike.
         self.lock = threading.Lock()
@@ -107,7 +109,12 @@ class FolderWatcher:
 
     @property
     def alive(self) -> bool:
-        return self.observer.is_alive()
+        """Running, over the folder now at the source's path: one renamed away takes its watch along."""
+        try:
+            same_root = os.stat(self.root).st_ino == self.root_inode
+        except OSError:
+            same_root = False
+        return same_root and self.observer.is_alive()
 
     def stop(self) -> None:
         self.observer.stop()
@@ -117,13 +124,19 @@ class FolderWatcher:
 def watcher_for(source: SourceConfig) -> tuple[FolderWatcher | None, bool]:
     """(this process's watcher for the source (FOLDER_WATCHERS), whether it was started just now).
 
-    (None, True) when no observer can run (an inotify limit, say): the caller scans fully.
+    (None, True) when no observer can run (an inotify limit, say) or the folder is missing: the caller
+    scans the whole folder.
     """
     key = (source.name, source.path)
     with FOLDER_WATCHERS.lock:
         watcher = FOLDER_WATCHERS.get(key)
         if watcher is not None and watcher.alive:
             return watcher, False
+        if watcher is not None:  # its folder was renamed away or removed, or its observer died
+            watcher.stop()
+            FOLDER_WATCHERS.pop(key)
+        if not source.path.is_dir():  # the scan of the whole folder says why, and holds its deletes
+            return None, True
         try:
             watcher = FolderWatcher(source)
         except OSError as error:

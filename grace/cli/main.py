@@ -15,6 +15,7 @@ from grace.cli.drill import add_drill_command
 from grace.cli.keys import add_key_commands, ensure_key_file
 from grace.cli.model import add_model_commands, ensure_model
 from grace.cli.search import add_search_command
+from grace.cli.sources import add_sources_command
 from grace.cli.status import add_status_command
 from grace.cli.sync import add_sync_command
 from grace.cli.tasks import add_task_commands, positive_int, print_drift
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=_dev)
 
     add_search_command(commands, _config_option)
+    add_sources_command(commands, _config_option)
 
     stats = commands.add_parser("stats", help="embeddings, index coverage and documents per shard")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -248,6 +250,10 @@ def _stats(args: argparse.Namespace) -> int:
         print(f"quarantined {item['source']}/{item['path']}: {item['reason']}")
     for source, described in describe_not_read(stats["not_read"]).items():
         print(f"not read in {source}: {described}")
+    for held in stats["deletes_held"]:
+        print(
+            f"documents of {held['source']}: {held['described']}; `grace sources release {held['source']}` applies them"
+        )
     if stats["reembedding"]:
         progress = stats["reembedding"]
         print(

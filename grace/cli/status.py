@@ -118,6 +118,8 @@ def _store(found: dict[str, Any], routing: dict[str, Any]) -> None:
             print(f"  shard {row['shard']} index damaged: {row['index_problem']}")
     for source, described in describe_not_read(found["not_read"]).items():
         _line("not read", f"{source}: {described}")
+    for held in found["deletes_held"]:
+        _line("documents", f"{held['source']}: {held['described']}")
 
 
 def _keys(found: dict[str, Any]) -> None:

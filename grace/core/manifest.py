@@ -40,7 +40,7 @@ class SourceConfig(Section):
     """A watched folder: each one becomes a sensor, a lineage node and an origin tag."""
 
     name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits and _")
-    path: Path = Field(description="folder to watch, relative to grace.yaml; created if missing")
+    path: Path = Field(description="folder to watch, relative to grace.yaml; grace dev creates it at start if missing")
     patterns: list[Annotated[str, Field(min_length=1)]] = Field(
         default=["**/*.txt", "**/*.md"],
         min_length=1,
@@ -65,6 +65,14 @@ class SourceConfig(Section):
         le=3600,
         description="time limit for reading one PDF, Word or HTML file; past it the reader is stopped "
         "and the file quarantined",
+    )
+    max_delete_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="a scan that would delete more than this share of the source's documents holds the "
+        "deletes instead (and so does one that finds the folder missing, unreadable or empty) until the "
+        "folder comes back or `grace sources release NAME`",
     )
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(
         default=list(DEFAULT_EXCLUDES),

@@ -215,6 +215,8 @@ VAULT_ENGINES = _declare(
 # or thread, and cannot go stale, so there is nothing to declare, close or reset.
 PURE_MEMOS = {
     "grace.core.globs.glob_regex": "compiles one glob to a regex; the same pattern is always the same regex",
+    "grace.resources.text.terms._cached_indexed_terms": "splits one word into its search terms; the same word "
+    "always gives the same terms, and the cache is bounded (65,536 words of at most 128 characters)",
     "grace.core.globs.any_glob": "compiles a tuple of globs to one regex; as glob_regex",
     "grace.resources.store.index_delta._delta_statements": "builds SQLAlchemy statements for a tuple of shards "
     "from the constant table metadata; no connection, no rows",

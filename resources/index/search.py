@@ -16,6 +16,7 @@ from grace.resources.index.fusion import DEFAULT_FUSION, FUSION_DEPTH, Fusion, R
 from grace.resources.index.shard_state import ShardView, coverage, shard_views, stale_fraction
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.store.chunk_filter import ChunkFilter
+from grace.resources.store.held_deletes import Hold
 from grace.resources.store.store import Store
 from grace.resources.text.readers.base import HEADING_SEPARATOR
 from grace.resources.text.terms import LexicalQuery, holds_phrase, parse_query
@@ -282,6 +283,19 @@ def index_stats(store: Store, index: ShardedIndex, target_model_id: str) -> dict
         "total": total,
         "quarantined": quarantined,
         "not_read": store.ledger.not_read(),  # {source: {suffix: files}} that match no pattern
+        "deletes_held": [held_dict(held) for held in store.holds.all()],
+    }
+
+
+def held_dict(held: Hold) -> dict:
+    """A source's held deletes as `grace stats --json` and `grace status --json` show them."""
+    return {
+        "source": held.source,
+        "deletes": held.deletes,
+        "reason": held.reason,
+        "since": held.since.isoformat(),
+        "released": held.release,
+        "described": held.describe(),
     }
 
 

@@ -4,7 +4,7 @@ of each watched folder that no pattern matches."""
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import Engine, bindparam, case, delete, insert, or_, select, union, update
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, or_, select, union, update
 
 from grace.resources.db.schema import (
     DocumentRow,
@@ -48,6 +48,12 @@ class Ledger:
         query = document_rows().where(documents.c.source == source, documents.c.status != "deleted")
         with self.engine.connect() as connection:
             return {row.path: DocumentRow(*row) for row in connection.execute(query)}
+
+    def document_count(self, source: str) -> int:
+        """Known documents of a source that still exist on disk (as documents_of, counted)."""
+        query = select(func.count()).where(documents.c.source == source, documents.c.status != "deleted")
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar_one()
 
     def record_scan(
         self,

@@ -5,6 +5,7 @@ through their public methods:
 
 - store.layout (layout.py): the shard each row belongs to, and the layout epoch;
 - store.ledger (ledger.py): what the sensors know of the files on disk, and their change events;
+- store.holds (held_deletes.py): deletes a scan held back, and why;
 - store.texts (texts.py): text sealed by the key vault, and the text the chunks and embeddings steps read;
 - store.documents (documents.py): the documents step's reads and writes, and document counts;
 - store.chunks (chunks.py): live and staged chunks, and publishing a stage;
@@ -31,6 +32,7 @@ from grace.resources.keys.vault import REWRAP_BATCH, KeyVault, shared_vault
 from grace.resources.store.chunks import Chunks
 from grace.resources.store.documents import Documents
 from grace.resources.store.embeddings import Embeddings
+from grace.resources.store.held_deletes import DeleteHolds
 from grace.resources.store.index_delta import IndexDelta
 from grace.resources.store.layout import ShardLayout
 from grace.resources.store.ledger import Ledger
@@ -64,6 +66,7 @@ class Store:
         engine, writer = self.engine, self.writer
         self.layout = ShardLayout(engine, writer)
         self.ledger = Ledger(engine, writer, self.layout)
+        self.holds = DeleteHolds(engine, writer)
         self.texts = SealedText(engine, writer, self.layout, self.vault, self.keys_missing)
         self.documents = Documents(engine, writer, self.layout, self.texts)
         self.lexical = LexicalIndex(engine, writer, self.layout, self.texts)

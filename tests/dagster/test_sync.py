@@ -257,6 +257,7 @@ def test_removing_a_source_from_grace_yaml_removes_its_documents(tmp_path):
 
 def test_real_observer_reports_paths_without_rescans(tmp_path):
     source = SourceConfig(name="docs", path=tmp_path / "inbox", patterns=["**/*.txt"])
+    source.path.mkdir()  # the watcher never makes it (test_held_deletes.py)
     watcher = FolderWatcher(source)
     try:
         (source.path / "top.txt").write_text("new at the top")

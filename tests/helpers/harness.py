@@ -43,6 +43,7 @@ def manifest_text(
     max_tokens: int = 256,
     patterns: str = "['**/*.txt', '**/*.md']",
     max_pages: int | None = None,
+    max_delete_fraction: float | None = None,
     search_mode: str = "hybrid",
 ) -> str:
     """A test manifest; events=False makes every tick a full scan, so no test waits for watchdog."""
@@ -56,6 +57,7 @@ def manifest_text(
         "    origin: ingest\n"
         f"    max_bytes: {max_bytes}\n"
         + (f"    max_pages: {max_pages}\n" if max_pages is not None else "")
+        + (f"    max_delete_fraction: {max_delete_fraction}\n" if max_delete_fraction is not None else "")
         + f"{extra_sources}"
         f"index:\n  shards: {shards}\n  trees: {trees}\n  rebuild: {{inline_max_delta: {inline_max_delta}}}\n"
         f"watch:\n  events: {str(events).lower()}\n"

@@ -18,7 +18,7 @@ from grace.resources.db.schema import writer_of
 
 VERSION_TABLE = "grace_alembic_version"
 INITIAL = "0001"  # the schema release 0.1.0 made with create_all, before it had a version table
-HEAD = "0007"  # the newest revision in versions/ (tests/dagster/test_migrations.py keeps the two in step)
+HEAD = "0008"  # the newest revision in versions/ (tests/dagster/test_migrations.py keeps the two in step)
 _ADVISORY_LOCK_KEY = 0x67726163  # "grac": serializes Grace processes migrating one PostgreSQL database
 
 

@@ -6,7 +6,7 @@ so the migration runs under the caller's lock and commits with it.
 
 from alembic import context
 
-from grace.resources.db import key_tables, lexical_tables  # noqa: F401 (their tables join metadata)
+from grace.resources.db import hold_tables, key_tables, lexical_tables  # noqa: F401 (their tables join metadata)
 from grace.resources.db.migrations import VERSION_TABLE
 from grace.resources.db.schema import metadata
 
