@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest
-from grace.core.names import INGEST_JOB, REBUILD_JOB
+from grace.core.names import INGEST_JOB, REBUILD_JOB, source_asset_key
 from grace.pipelines.executor import run_executor
 from grace.pipelines.index import (
     build_consistency_check,
@@ -31,6 +31,7 @@ from grace.pipelines.routing_stats import (
     build_routing_stats_job,
     build_routing_stats_schedule,
 )
+from grace.pipelines.source_checks import build_deletes_held_check
 from grace.pipelines.task_jobs import build_task_jobs
 
 
@@ -41,7 +42,7 @@ def shard_partitions(shards: int) -> StaticPartitionsDefinition:
 
 def source_spec(manifest: Manifest, source) -> AssetSpec:
     return AssetSpec(
-        key=["sources", source.name],
+        key=source_asset_key(source.name),
         group_name="sources",
         owners=manifest.owners,
         kinds={"folder"},
@@ -90,7 +91,12 @@ def build_pipelines(manifest: Manifest) -> Definitions:
     rotate_keys_job = build_rotate_keys_job(manifest, key_assets)
     return Definitions(
         assets=[*specs, *ingest_assets, index_asset, status_spec, stats_asset, *key_assets],
-        asset_checks=[coverage_check, consistency_check, status_checks],
+        asset_checks=[
+            coverage_check,
+            consistency_check,
+            status_checks,
+            *(build_deletes_held_check(source) for source in manifest.sources),
+        ],
         jobs=[ingest_job, rebuild_job, stats_job, rotate_keys_job, *build_task_jobs(manifest)],
         schedules=[
             build_rebuild_schedule(manifest, rebuild_job),

@@ -12,6 +12,7 @@ applies the deletes instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from grace.core.manifest import SourceConfig
@@ -36,9 +37,11 @@ def folder_problem(root: Path) -> str | None:
 def hold_reason(
     source: SourceConfig, deletes: int, documents: int, problem: str | None, found_none: bool
 ) -> str | None:
-    """Why deletes of documents should be held, or None when they are the user's to make.
+    """Why deletes of active (searchable) documents should be held, or None when they are the user's.
 
-    found_none: a scan of the whole folder listed no file that the patterns match.
+    documents: the source's active documents; found_none: a scan of the whole folder listed no file
+    that the patterns match. A single delete is never held for the fraction: that is a delete made
+    one by one, whatever the folder's size.
     """
     if deletes == 0:
         return None
@@ -46,7 +49,7 @@ def hold_reason(
         return problem
     if found_none:
         return "the folder holds no file the patterns match"
-    if deletes > source.max_delete_fraction * documents:
+    if deletes > 1 and deletes > source.max_delete_fraction * documents:
         return (
             f"the scan would delete {deletes:,} of {documents:,} documents, more than "
             f"max_delete_fraction {source.max_delete_fraction:g}"
@@ -55,14 +58,23 @@ def hold_reason(
 
 
 def guard(
-    store: Store, source: SourceConfig, deleted: list[str], documents: int, whole_folder: bool, found_none: bool
+    store: Store,
+    source: SourceConfig,
+    deleted: list[str],
+    active: Collection[str],
+    documents: int,
+    whole_folder: bool,
+    found_none: bool,
 ) -> tuple[list[str], Hold | None]:
-    """(the deletes to apply, the hold recorded instead, if any).
+    """(the deletes to apply, the hold recorded instead, if any). active: the paths of the source's
+    active documents among those the scan compared; documents: how many the source has in all.
 
     A hold the user released lets these deletes through and is cleared. A scan of the whole folder
     that has nothing to hold clears the source's hold: the folder is back, or the deletes are few.
+    Deleting documents nobody can search (quarantined, or never read) is never held.
     """
-    reason = hold_reason(source, len(deleted), documents, folder_problem(source.path), found_none)
+    searchable = sum(path in active for path in deleted)
+    reason = hold_reason(source, searchable, documents, folder_problem(source.path), found_none)
     if reason is None:
         if whole_folder:
             store.holds.clear(source.name)
@@ -71,4 +83,4 @@ def guard(
     if known is not None and known.release:
         store.holds.clear(source.name)
         return deleted, None
-    return [], store.holds.hold(source.name, reason, len(deleted))
+    return [], store.holds.hold(source.name, reason, searchable)

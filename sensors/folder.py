@@ -5,6 +5,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -14,7 +17,7 @@ from dagster import (
 )
 
 from grace.core.manifest import Manifest, SourceConfig
-from grace.core.names import INGEST_JOB, REASON_TAG, ingest_tags
+from grace.core.names import DELETES_HELD_CHECK, INGEST_JOB, REASON_TAG, ingest_tags, source_asset_key
 from grace.resources.store.held_deletes import Hold
 from grace.resources.text.chunking import chunker_for
 from grace.resources.text.extraction import source_stamps
@@ -35,11 +38,13 @@ class FolderCursor(JsonCursor):
     """last_change: the newest change event already turned into a run request.
     reconciled_at: when a scan of the whole folder last began (epoch seconds).
     scan_unfinished: the last scan ran out of its time budget; the next tick scans the whole folder.
+    deletes_held: whether the source's deletes were held when its check was last reported.
     An unreadable cursor starts afresh: a whole-folder scan, and run keys stop double requests."""
 
     last_change: int = 0
     reconciled_at: float = 0.0
     scan_unfinished: bool = False
+    deletes_held: bool | None = None  # as the deletes_not_held check last reported it (None: never)
 
 
 def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefinition:
@@ -119,9 +124,25 @@ def build_folder_sensor(manifest: Manifest, source: SourceConfig) -> SensorDefin
                 if recorded
                 else f"no changes in {source.path} ({how}){unfinished}"
             )
-        return SensorResult(run_requests=requests, cursor=cursor.dump(), skip_reason=skip)
+        held = grace_store.holds.of(source.name)
+        checks = []
+        if cursor.deletes_held != (held is not None):
+            cursor.deletes_held = held is not None
+            checks.append(deletes_held_evaluation(source, held))
+        return SensorResult(run_requests=requests, asset_events=checks, cursor=cursor.dump(), skip_reason=skip)
 
     return watch_folder
+
+
+def deletes_held_evaluation(source: SourceConfig, held: Hold | None) -> AssetCheckEvaluation:
+    """The deletes_not_held check as the tick finds it, recorded without a run."""
+    return AssetCheckEvaluation(
+        asset_key=AssetKey(source_asset_key(source.name)),
+        check_name=DELETES_HELD_CHECK,
+        passed=held is None,
+        severity=AssetCheckSeverity.ERROR,
+        description=held_message(source, held) if held else "no deletes held",
+    )
 
 
 def held_message(source: SourceConfig, held: Hold) -> str:

@@ -276,12 +276,13 @@ def reconcile(store: Store, source: SourceConfig, shards: int, dirty: Dirty | No
             on_disk.update(list_files(source.path, source.patterns, under=folder, exclude=source.exclude))
     deadline = time.monotonic() + SCAN_BUDGET_SECONDS
     found_none = dirty is None and not on_disk
-    documents = len(known) if dirty is None else store.ledger.document_count(source.name)
+    active = {path for path, row in known.items() if row.status == "active"}
+    documents = len(active) if dirty is None else store.ledger.active_count(source.name)
     badly_named = {stored_path(relative): on_disk.pop(relative) for relative in list(on_disk) if not is_utf8(relative)}
     unrecorded = {path: stat for path, stat in badly_named.items() if known.pop(path, None) is None}
     names_finished = quarantine_bad_names(store, source.name, unrecorded, shards, deadline)
     found = diff_folder(source, known, on_disk, deadline)
-    found.deleted, found.held = guard(store, source, found.deleted, documents, dirty is None, found_none)
+    found.deleted, found.held = guard(store, source, found.deleted, active, documents, dirty is None, found_none)
     recorded = ScanResult(finished=found.finished and names_finished, held=found.held)
     for batch in found.batches(RECORD_BATCH):
         if not recorded.empty and time.monotonic() > deadline:

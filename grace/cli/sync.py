@@ -56,6 +56,7 @@ class SyncReport:
     removed: int = 0
     chunks_embedded: int = 0
     quarantined: list[dict[str, str]] = field(default_factory=list)
+    deletes_held: list[str] = field(default_factory=list)  # e.g. "docs: 10 deletes held (the folder is missing, ...)"
     runs: list[RunOutcome] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,6 +103,8 @@ def run_sync_command(args: argparse.Namespace) -> int:
         print(report.summary())
         for item in report.quarantined:
             print(f"quarantined {item['source']}/{item['path']}: {item['reason']}")
+        for held in report.deletes_held:
+            print(f"{held}; the documents stay searchable (docs/operations.md#held-deletes)")
         for run in report.failed:
             print(f"failed: {run.job} run {run.run_id} of shard {run.shard}: {run.error}")
     return 1 if report.failed else 0
@@ -191,6 +194,9 @@ def _scan(store, source: SourceConfig, shards: int, report: SyncReport, progress
         if scan.finished:
             break
         progress.line(f"{source.name}: {len(touched)} files recorded so far")
+    held = store.holds.of(source.name)
+    if held is not None:
+        report.deletes_held.append(f"{source.name}: {held.describe()}")
     # Files refused at the scan (names that are not UTF-8) are recorded without ever being in `changed`.
     touched.update(set(store.ledger.documents_of(source.name)) - known)
     return touched

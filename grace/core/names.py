@@ -6,6 +6,7 @@ from collections.abc import Collection
 
 INGEST_JOB = "ingest"
 REBUILD_JOB = "rebuild_index"
+DELETES_HELD_CHECK = "deletes_not_held"  # on each sources/<name> asset: the folder sensor reports it
 
 ORIGIN_TAG = "grace/origin"
 SOURCE_TAG = "grace/source"
@@ -69,3 +70,8 @@ def rebuild_tags(shard: int, reason: str, listed_origins: Collection[str]) -> di
 WEBSERVER_ENV = "GRACE_WEBSERVER"
 DEV_LOCK = "grace-dev.lock"  # in state_dir: one `grace dev` per state dir
 CODE_LOCATION = "grace"  # the workspace's location name, which launches through the webserver name
+
+
+def source_asset_key(source: str) -> list[str]:
+    """The asset key path of a watched folder in the Dagster UI."""
+    return ["sources", source]

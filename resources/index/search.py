@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -105,14 +106,17 @@ class Searcher:
         if not lexical_query.phrases:
             lexical = self._lexical_ranked(lexical_query, max(k, FUSION_DEPTH), chosen)
         dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), serving.model_id, chosen)
-        fused = self.fusion.fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))[:k]
+        fused = self.fusion.fuse(dense, lexical, only_lexical=bool(lexical_query.phrases))
         similarity = dict(dense)
-        found_lexically = [entry.chunk_id for entry in fused if entry.chunk_id not in similarity]
-        if found_lexically:
-            ids, vectors = self.store.embeddings.vectors_of(found_lexically, serving.model_id)
-            if len(ids):  # none: chunks not embedded for the serving model yet
-                similarity.update(zip(ids.tolist(), (vectors @ vector.astype(np.float32)).tolist()))
-        return self._hits(fused, similarity)
+
+        def add_similarities(window: list[Ranked]) -> None:
+            found_lexically = [entry.chunk_id for entry in window if entry.chunk_id not in similarity]
+            if found_lexically:
+                ids, vectors = self.store.embeddings.vectors_of(found_lexically, serving.model_id)
+                if len(ids):  # none: chunks not embedded for the serving model yet
+                    similarity.update(zip(ids.tolist(), (vectors @ vector.astype(np.float32)).tolist()))
+
+        return self._live_hits(fused, k, similarity, add_similarities)
 
     def serving_embedder(self) -> Embedder:
         """The embedder of the model search answers from (see serving_model.py): the configured one,
@@ -135,9 +139,29 @@ class Searcher:
         self, vector: np.ndarray, k: int, model_id: str | None = None, chosen: ChunkFilter | None = None
     ) -> list[SearchHit]:
         """The k chunks nearest to an encoded query, from model_id's vectors (by default the serving model's)."""
-        dense = self._dense_ranked(vector, k, model_id, chosen)
+        dense = self._dense_ranked(vector, max(k, FUSION_DEPTH), model_id, chosen)
         ranked = [Ranked(chunk_id, score, rank, None) for rank, (chunk_id, score) in enumerate(dense, 1)]
-        return self._hits(ranked, dict(dense))
+        return self._live_hits(ranked, k, dict(dense))
+
+    def _live_hits(
+        self,
+        ranked: list[Ranked],
+        k: int,
+        similarity: dict[int, float],
+        before_window: Callable[[list[Ranked]], None] | None = None,
+    ) -> list[SearchHit]:
+        """The first k of ranked whose chunks are still live when their text is read, k candidates at a
+        time: a chunk an ingest replaced after it was ranked gives its place to the next, so a search
+        during an edit never comes back short."""
+        hits: list[SearchHit] = []
+        for start in range(0, len(ranked), k):
+            window = ranked[start : start + k]
+            if before_window is not None:
+                before_window(window)
+            hits += self._hits(window, similarity)
+            if len(hits) >= k:
+                break
+        return hits[:k]
 
     def _dense_ranked(
         self, vector: np.ndarray, k: int, model_id: str | None, chosen: ChunkFilter | None

@@ -49,9 +49,9 @@ class Ledger:
         with self.engine.connect() as connection:
             return {row.path: DocumentRow(*row) for row in connection.execute(query)}
 
-    def document_count(self, source: str) -> int:
-        """Known documents of a source that still exist on disk (as documents_of, counted)."""
-        query = select(func.count()).where(documents.c.source == source, documents.c.status != "deleted")
+    def active_count(self, source: str) -> int:
+        """A source's active documents: read, and searchable."""
+        query = select(func.count()).where(documents.c.source == source, documents.c.status == "active")
         with self.engine.connect() as connection:
             return connection.execute(query).scalar_one()
 

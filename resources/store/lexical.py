@@ -64,7 +64,9 @@ class LexicalIndex:
                 counts = Counter(terms(text))
                 frequencies: dict[bytes, int] = {}
                 for term, count in counts.items():
-                    digest = hashed.get(term) or hashed.setdefault(term, hash_term(term))
+                    digest = hashed.get(term)
+                    if digest is None:
+                        digest = hashed[term] = hash_term(term)
                     frequencies[digest] = frequencies.get(digest, 0) + count
                 made[chunk_hash] = Postings(chunk_hash, sum(counts.values()), frequencies)
         return list(made.values())

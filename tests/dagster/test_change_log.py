@@ -168,6 +168,7 @@ def test_search_equals_exact_search_with_pending_and_tombstoned_chunks_on_the_re
 def test_chunks_unsearchable_when_the_index_was_built_are_pending_once_searchable(tmp_path):
     deployment = Deployment(tmp_path, None, HashingEmbedderResource(), shards=1)
     deployment.drop("back.txt", "zebra crossing at the harbour")
+    deployment.drop("keeper.txt", "a note that stays, so the folder never empties (held deletes)")
     deployment.sync()
     (deployment.inbox / "back.txt").unlink()
     deployment.tick()  # deleted, its chunks not purged yet: not searchable, still in the table

@@ -7,13 +7,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from dagster import build_sensor_context
+from dagster import AssetCheckKey, AssetKey, AssetSelection, build_sensor_context, materialize
 
 from grace.cli.main import main as grace
 from grace.core.manifest import SourceConfig
 from grace.sensors.watcher import FolderWatcher, watcher_for
 from tests.helpers.fakes import HashingEmbedderResource
-from tests.helpers.harness import Deployment
+from tests.helpers.harness import Deployment, tick_until
 
 FILES = 10
 
@@ -32,20 +32,26 @@ def live_paths(deployment: Deployment) -> set[str]:
     return {hit.path for hit in deployment.search("note about herons", k=50, mode="lexical")}
 
 
-def tick_message(deployment: Deployment) -> tuple[list, str]:
-    """(run requests, skip reason) of one folder-sensor tick."""
+def tick_message(deployment: Deployment, checks: list | None = None) -> tuple[list, str]:
+    """(run requests, skip reason) of one folder-sensor tick; its check evaluations go into checks."""
     context = build_sensor_context(
         instance=deployment.instance, cursor=deployment.cursors.get("watch_docs"), resources=deployment.resources
     )
     result = deployment.defs.resolve_sensor_def("watch_docs")(context)
     deployment.cursors["watch_docs"] = result.cursor
+    if checks is not None:
+        checks.extend(result.asset_events)
     return list(result.run_requests or []), result.skip_reason.skip_message if result.skip_reason else ""
 
 
 def test_a_folder_renamed_away_holds_its_deletes_until_it_comes_back(deployment, capsys):
     away = deployment.root / "away"
     deployment.inbox.rename(away)
-    requests, message = tick_message(deployment)
+    checks: list = []
+    requests, message = tick_message(deployment, checks)
+    [failed] = checks
+    assert (failed.check_name, failed.asset_key.path, failed.passed) == ("deletes_not_held", ["sources", "docs"], False)
+    assert failed.severity.value == "ERROR" and "10 deletes held" in failed.description
     assert requests == []
     assert "10 deletes held (the folder is missing" in message and "grace sources release docs" in message
     assert not deployment.inbox.exists(), "nothing recreates the missing folder"
@@ -54,9 +60,20 @@ def test_a_folder_renamed_away_holds_its_deletes_until_it_comes_back(deployment,
     assert (held.deletes, held.reason) == (FILES, "the folder is missing")
     assert grace(["stats", "-c", str(deployment.root / "grace.yaml")]) == 0
     assert "documents of docs: 10 deletes held (the folder is missing, since " in capsys.readouterr().out
+    tick_message(deployment, checks)
+    assert len(checks) == 1, "the check is reported when the hold begins or ends, not every tick"
+    executed = materialize(  # the UI's Execute on the check reads the same hold
+        [*deployment.defs.assets, *deployment.defs.asset_checks],
+        selection=AssetSelection.checks(AssetCheckKey(AssetKey(["sources", "docs"]), "deletes_not_held")),
+        resources=deployment.resources,
+        instance=deployment.instance,
+    )
+    [evaluation] = executed.get_asset_check_evaluations()
+    assert not evaluation.passed and "10 deletes held (the folder is missing" in evaluation.description
     away.rename(deployment.inbox)
-    requests, message = tick_message(deployment)
+    requests, message = tick_message(deployment, checks)
     assert requests == [] and "held" not in message, "back as it was: nothing to read again"
+    assert [check.passed for check in checks] == [False, True]
     assert deployment.store.holds.of("docs") is None
     assert len(live_paths(deployment)) == FILES
 
@@ -120,3 +137,22 @@ def test_the_watcher_never_creates_a_missing_folder_and_drops_one_renamed_away(t
         assert not watcher.alive, "a watch on the folder renamed away does not watch the one there now"
     finally:
         watcher.stop()
+
+
+def test_with_events_a_folder_that_comes_back_is_seen_at_the_next_tick_and_watched_again(tmp_path, store_url):
+    deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=1, events=True)
+    for n in range(3):
+        deployment.drop(f"note{n}.txt", f"note {n} about herons")
+    deployment.sync()
+    away = tmp_path / "away"
+    deployment.inbox.rename(away)
+    _requests, message = tick_message(deployment)
+    assert "3 deletes held (the folder is missing" in message
+    away.rename(deployment.inbox)
+    _requests, message = tick_message(deployment)
+    assert deployment.store.holds.of("docs") is None and "held" not in message, "seen at once, not at a reconcile"
+    watcher, _started = watcher_for(deployment.manifest.sources[0])
+    assert watcher is not None and watcher.alive
+    deployment.drop("late.txt", "a late note about herons")
+    tick_until(deployment, lambda requests: bool(requests))  # its event, from the new watch
+    assert len(live_paths(deployment)) == 3

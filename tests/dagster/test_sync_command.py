@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -188,3 +189,16 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     assert "\r[##############################] 2/2 shards" in terminal.getvalue()
     assert "\r" not in pipe.getvalue()
     assert pipe.getvalue().splitlines()[-2:] == ["grace sync: 1/2 shard 0 ok", "grace sync: 2/2 shard 1 ok"]
+
+
+def test_sync_holds_the_deletes_of_a_vanished_folder_and_says_so(project, capsys):
+    for name in ("a.txt", "b.txt"):
+        (project / "inbox" / name).write_text(f"note {name} about herons")
+    code, first, err = sync_json(capsys, project)
+    assert code == 0 and first["new"] == 2, err
+    shutil.rmtree(project / "inbox")
+    code, out, _ = grace(capsys, project, "sync")
+    assert code == 0 and "0 deleted" in out
+    assert "docs: 2 deletes held (the folder holds no file the patterns match, since " in out
+    code, out, _ = grace(capsys, project, "search", "herons", "-k", "5", "--json", "--local")
+    assert sorted(hit["path"] for hit in json.loads(out)) == ["a.txt", "b.txt"], "still searchable"

@@ -102,6 +102,7 @@ def test_every_asset_has_owners_kinds_and_a_description(tmp_path):
         ("vector_index", "index_matches_store"),
         ("index_status", "no_orphan_vectors"),
         ("key_status", "primary_not_overdue"),
+        ("sources/docs", "deletes_not_held"),
     }
 
 

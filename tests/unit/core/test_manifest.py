@@ -42,7 +42,10 @@ def test_shipped_manifest_is_valid():
     [
         (
             "sources:\n  - name: docs\n    path: x\n    colour: blue\n",
-            ["grace.yaml:4: sources[0].colour: unknown key", "allowed here: exclude, max_bytes, max_pages, name"],
+            [
+                "grace.yaml:4: sources[0].colour: unknown key",
+                "allowed here: exclude, max_bytes, max_delete_fraction, max_pages, name",
+            ],
         ),
         ("index:\n  shards: 0\n", ["grace.yaml:2: index.shards", "greater than or equal to 1"]),
         ("index:\n  shards: many\n", ["grace.yaml:2: index.shards", "valid integer"]),

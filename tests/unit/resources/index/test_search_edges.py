@@ -8,6 +8,7 @@ from grace.resources.index.search import Searcher, repair_query
 from grace.resources.index.vector_index import ShardedIndex
 from tests.helpers.fakes import HashingEmbedderResource
 from tests.helpers.harness import Deployment
+from tests.helpers.store_writes import purge_document
 
 NOTES = 240  # over Annoy's leaf size (dimension + 2 = 66) per shard, so a query walks real trees
 
@@ -44,3 +45,31 @@ def test_lone_surrogates_are_replaced_and_reported():
     assert repair_query("caf\udce9 au lait") == ("caf\ufffd au lait", True)  # b"caf\xe9" from a Latin-1 argv
     assert repair_query("\udcff\udcfe") == ("\ufffd\ufffd", True)
     assert repair_query("x\ud800y \U0001f40b") == ("x\ufffdy \U0001f40b", True)
+
+
+def test_a_chunk_removed_after_it_was_ranked_gives_its_place_to_the_next(tmp_path, store_url, monkeypatch):
+    deployment = Deployment(tmp_path, store_url, HashingEmbedderResource(), shards=1)
+    for number in range(5):
+        deployment.drop(f"n{number}.txt", f"note {number} about otters and rivers")
+    deployment.sync()
+    searcher = Searcher(deployment.store, deployment.index, deployment.embedder)
+    ranked_dense = Searcher._dense_ranked
+    removed: list[str] = []
+
+    def rank_then_remove_the_best(self, *args):
+        ranked = ranked_dense(self, *args)
+        if not removed:  # an ingest replaces the best chunk between the ranking and the text read
+            [best] = self.store.texts.chunk_hits([ranked[0][0]]).values()
+            document_id = deployment.store.ledger.documents_of("docs")[best.path].id
+            purge_document(deployment.store, document_id)
+            removed.append(best.path)
+        return ranked
+
+    monkeypatch.setattr(Searcher, "_dense_ranked", rank_then_remove_the_best)
+    for mode in ("hybrid", "dense"):
+        removed.clear()
+        deployment.drop("again.txt", "note again about otters and rivers")  # something to remove each round
+        deployment.sync()
+        hits = searcher.search("otters and rivers", k=2, mode=mode)
+        assert len(hits) == 2, mode
+        assert removed[0] not in [hit.path for hit in hits], mode
