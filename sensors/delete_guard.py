@@ -3,8 +3,9 @@
 An unmounted share, a sync client that failed, a folder renamed away: each looks to a scan like
 every document deleted at once. Taking them all out of search, and re-reading them when the folder
 comes back, is the wrong default. So a scan holds its deletes (store.holds) when the source's
-folder is missing, unreadable or, for a full scan, empty while the store holds documents of it, or
-when it would delete more than sources[].max_delete_fraction of them. The documents stay
+folder is missing, unreadable or, for a full scan, empty while the store holds active documents of
+it, or when it would delete more than one of them and more than sources[].max_delete_fraction of
+them. The documents stay
 searchable; the hold clears itself when the folder comes back, and `grace sources release NAME`
 applies the deletes instead.
 """
