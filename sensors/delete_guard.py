@@ -75,13 +75,11 @@ def guard(
     Deleting documents nobody can search (quarantined, or never read) is never held.
     """
     searchable = sum(path in active for path in deleted)
-    reason = hold_reason(source, searchable, documents, folder_problem(source.path), found_none)
-    if reason is None:
-        if whole_folder:
-            store.holds.clear(source.name)
-        return deleted, None
+    problem = folder_problem(source.path) if searchable else None  # no delete to hold: no need to look
+    reason = hold_reason(source, searchable, documents, problem, found_none)
     known = store.holds.of(source.name)
-    if known is not None and known.release:
-        store.holds.clear(source.name)
+    if reason is None or (known is not None and known.release):
+        if known is not None and (whole_folder or reason is not None):  # a write only when a hold ends
+            store.holds.clear(source.name)
         return deleted, None
     return [], store.holds.hold(source.name, reason, searchable)

@@ -211,7 +211,7 @@ def store_work(manifest: Manifest) -> dict[str, Any]:
     """Pending work (documents to read, chunks without vectors, vectors not indexed, open tasks), index
     coverage per shard and the files not read by source and suffix, read from the store without the KEK:
     none of it is text."""
-    from grace.resources.index.search import held_dict, index_stats
+    from grace.resources.index.search import index_stats
     from grace.resources.store.store import Store
     from grace.resources.store.taskbook import OPEN_STATUSES
     from grace.resources.wiring.services import open_embedder, open_index
@@ -222,7 +222,6 @@ def store_work(manifest: Manifest) -> dict[str, Any]:
         stats = index_stats(store, open_index(manifest), open_embedder(manifest).model_id)
         tasks = store.tasks.counts_by_status()
         not_read = store.ledger.not_read()
-        held = [held_dict(hold) for hold in store.holds.all()]
         pending = {
             **store.documents.waiting(),  # documents_pending, documents_to_read
             "chunks_without_vectors": store.serving.chunks_lacking(stats["model_id"]),
@@ -240,7 +239,7 @@ def store_work(manifest: Manifest) -> dict[str, Any]:
         "shards": shards,
         "total": total,
         "not_read": not_read,
-        "deletes_held": held,
+        "deletes_held": stats["deletes_held"],
     }
 
 

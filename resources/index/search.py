@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from grace.core.index_config import SearchMode, check_mode
+from grace.core.manifest import Manifest
 from grace.core.search_filter import SearchFilter
 from grace.resources.embedding.embedder import Embedder, embedder_for_model_id
 from grace.resources.index.fusion import DEFAULT_FUSION, FUSION_DEPTH, Fusion, Ranked
@@ -70,6 +71,12 @@ class Searcher:
         # Queries are encoded one at a time: the torch backend is not documented as thread-safe, and on
         # a CPU the model uses every core for one query anyway. Store and index reads run concurrently.
         self._encode_lock = threading.Lock()
+
+    @classmethod
+    def configured(cls, store: Store, index: ShardedIndex, embedder: Embedder, manifest: Manifest) -> Searcher:
+        """A Searcher as grace.yaml's search section and sources say."""
+        sources = tuple(source.name for source in manifest.sources)
+        return cls(store, index, embedder, manifest.search.mode, sources, Fusion.of(manifest.search))
 
     def search(
         self, query: str, k: int = 10, mode: SearchMode | None = None, only: SearchFilter | None = None

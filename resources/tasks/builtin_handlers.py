@@ -25,7 +25,6 @@ from grace.core.handler_api import IngestPayload, ReindexPayload, RotateKeysPayl
 from grace.core.manifest import Manifest, SourceConfig
 from grace.core.secrets import parse_secret_ref, resolve_secret
 from grace.resources.db.key_tables import KeyStatus
-from grace.resources.index.fusion import Fusion
 from grace.resources.index.search import Searcher, hit_dict
 from grace.resources.index.shard_state import rebuild_shard
 from grace.resources.keys.vault import REWRAP_BATCH, DestroyRefused, KeyVault
@@ -160,14 +159,7 @@ def _temporary_file(folder: int, scratch_dir: Path, data: bytes) -> tuple[str, i
 def search(payload: SearchPayload, context: TaskContext) -> dict:
     """The query's nearest chunks, as `grace search --json` prints them."""
     services = context.services
-    search_config = context.manifest.search
-    searcher = Searcher(
-        services["store"],
-        services["vector_index"],
-        services["embedder"],
-        search_config.mode,
-        fusion=Fusion.of(search_config),
-    )
+    searcher = Searcher.configured(services["store"], services["vector_index"], services["embedder"], context.manifest)
     hits = searcher.search(payload.query, payload.k, payload.mode)
     return {"query": payload.query, "hits": [hit_dict(hit) for hit in hits]}
 

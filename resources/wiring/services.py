@@ -10,7 +10,6 @@ import os
 from grace.core.manifest import Manifest
 from grace.resources.embedding.embedder import Embedder, shared_embedder
 from grace.resources.embedding.onnx_model import model_cache_root
-from grace.resources.index.fusion import Fusion
 from grace.resources.index.search import Searcher
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.store.store import Store, open_store
@@ -72,11 +71,4 @@ def open_embedder(manifest: Manifest) -> Embedder:
 
 def open_searcher(manifest: Manifest) -> Searcher:
     """A Searcher over the manifest's store, index and embedder, in its search.mode."""
-    return Searcher(
-        open_manifest_store(manifest),
-        open_index(manifest),
-        open_embedder(manifest),
-        manifest.search.mode,
-        tuple(source.name for source in manifest.sources),
-        Fusion.of(manifest.search),
-    )
+    return Searcher.configured(open_manifest_store(manifest), open_index(manifest), open_embedder(manifest), manifest)

@@ -23,7 +23,6 @@ from grace.core.manifest import Manifest, load_manifest
 from grace.core.search_filter import SearchFilter
 from grace.core.secrets import create_key_file, parse_secret_ref
 from grace.definitions import build_definitions
-from grace.resources.index.fusion import Fusion
 from grace.resources.index.search import Searcher, index_stats
 from grace.resources.index.vector_index import ShardedIndex
 from grace.resources.keys.vault import KeyVault
@@ -244,11 +243,7 @@ class Deployment:
 
     def search(self, query: str, k: int = 5, mode: str | None = None, only: SearchFilter | None = None):
         """Search as grace.yaml's search.mode (hybrid by default) says, or in mode; only what passes only."""
-        sources = tuple(source.name for source in self.manifest.sources)
-        search_config = self.manifest.search
-        searcher = Searcher(
-            self.store, self.index, self.embedder, search_config.mode, sources, Fusion.of(search_config)
-        )
+        searcher = Searcher.configured(self.store, self.index, self.embedder, self.manifest)
         return searcher.search(query, k, mode, only)
 
     def stats(self) -> dict:
